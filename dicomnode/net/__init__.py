@@ -1,0 +1,1 @@
+"""The receiving AE: association acceptance, C-ECHO and C-STORE."""

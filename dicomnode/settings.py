@@ -1,0 +1,398 @@
+"""One typed settings object, loaded from TOML and validated once at start-up.
+
+A bad configuration fails at start-up with a :class:`ConfigError` that names the key and says
+why (``node.port: must be an integer from 1 to 65535, got 'abc'``). Unknown keys are errors
+too: a misspelt key silently ignored is a setting the operator believes in but does not have.
+Relative paths are resolved against the working directory when the file is loaded (the systemd
+unit runs the node in its state directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+
+#: The configuration used when none is given: the file shipped in the repository's config/.
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "dicomnode.toml"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
+_UID_ROOT = re.compile(r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*\.$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Network identity and limits of the receiving AE."""
+
+    ae_title: str = "DECOVNODE"
+    bind_address: str = "0.0.0.0"
+    port: int = 11112
+    #: Calling AE titles allowed to associate; empty means any.
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+    max_associations: int = 10
+    #: Largest P-DATA PDU the node accepts (bytes; 0 = unlimited). Large PDUs receive faster.
+    max_pdu_bytes: int = 1048576
+    network_timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the node keeps its whole state, and what it keeps."""
+
+    state_dir: Path = Path("dicomnode-state")
+    #: Below this much free space on the spool's file system, C-STORE answers 0xA700.
+    min_free_mb: int = 500
+    #: SOP classes stored for analysis; everything else is acknowledged and dropped.
+    keep_sop_classes: tuple[str, ...] = (CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE)
+    #: Spool files of processed, rejected or failed series are removed after this long.
+    retention_hours: float = 24.0
+
+    @property
+    def retention_seconds(self) -> float:
+        return self.retention_hours * 3600.0
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.min_free_mb * 2**20
+
+
+@dataclass(frozen=True)
+class AssemblySettings:
+    """When a series counts as complete, and which series are analysed (declarative rules)."""
+
+    #: A series is complete when no instance of it arrived for this long.
+    quiet_seconds: float = 10.0
+    modalities: tuple[str, ...] = ("CT",)
+    require_original: bool = True
+    #: Axial: the slice normal is within this angle of the patient's head-feet axis.
+    max_obliquity_degrees: float = 15.0
+    min_slices: int = 20
+    max_slice_thickness_mm: float = 10.0
+    #: A gap between neighbouring slices larger than this times the median spacing is a missing slice.
+    max_gap_factor: float = 1.5
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Bounded retries of analysis jobs."""
+
+    max_attempts: int = 3
+    retry_delay_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """Identity of the objects the node writes (deterministic and meaningful)."""
+
+    #: Root of every UID the node creates; a site should use its own registered root.
+    uid_root: str = "1.2.826.0.1.3680043.8.498."
+    manufacturer: str = "decov-node project"
+    institution_name: str = ""
+    #: Serial number of this installation; empty means the node's AE title.
+    device_serial_number: str = ""
+    seg_series_number: int = 9901
+    sr_series_number: int = 9902
+    seg_series_description: str = "Lung segmentation (AI, research use)"
+    sr_series_description: str = "Lung volumes (AI, research use)"
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Retry policy of the outbox."""
+
+    retry_initial_seconds: float = 5.0
+    retry_max_seconds: float = 600.0
+    #: A destination that refuses an object (failure status) gets this many attempts, then it is failed.
+    max_refusals: int = 3
+
+
+@dataclass(frozen=True)
+class DicomDestination:
+    """A DICOM peer that receives results by C-STORE."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class FolderDestination:
+    """A folder that receives results as files (<study>/<series>/<sop>.dcm)."""
+
+    name: str
+    path: Path
+
+
+Destination = DicomDestination | FolderDestination
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the node is configured with."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    assembly: AssemblySettings = field(default_factory=AssemblySettings)
+    jobs: JobSettings = field(default_factory=JobSettings)
+    encoding: EncodingSettings = field(default_factory=EncodingSettings)
+    sender: SenderSettings = field(default_factory=SenderSettings)
+    destinations: tuple[Destination, ...] = ()
+    log_level: str = "INFO"
+
+    @property
+    def device_serial_number(self) -> str:
+        return self.encoding.device_serial_number or self.node.ae_title
+
+
+# --- validation helpers ------------------------------------------------------------------
+
+
+def _check_int(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}: must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _check_number(key: str, value: Any, low: float, high: float = float("inf")) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{key}: must be a number from {low} to {high}, got {value!r}")
+    return float(value)
+
+
+def _check_str(key: str, value: Any, pattern: re.Pattern[str] | None = None, what: str = "") -> str:
+    if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+        raise ConfigError(f"{key}: must be {what or 'a string'}, got {value!r}")
+    return value
+
+
+def _check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    return value
+
+
+def check_ae_title(key: str, value: Any) -> str:
+    """An AE title: 1-16 printable ASCII characters without backslash, not all spaces."""
+    title = _check_str(key, value, _AE_TITLE, "an AE title (1-16 printable ASCII characters, no backslash)")
+    if not title.strip():
+        raise ConfigError(f"{key}: must not be blank")
+    return title.strip()
+
+
+def _check_list(key: str, value: Any, item: Callable[[str, Any], Any]) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: must be a list, got {value!r}")
+    return tuple(item(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+def _check_path(key: str, value: Any) -> Path:
+    return Path(_check_str(key, value, re.compile(r".+"), "a non-empty path")).expanduser().resolve()
+
+
+def _check_uid_root(key: str, value: Any) -> str:
+    """A UID root of digits and dots ending with a dot, short enough that generated UIDs fit in 64."""
+    root = _check_str(key, value, _UID_ROOT, "a UID root of digits and dots ending with a dot, e.g. '1.2.826.0.1.3680043.8.498.'")
+    if len(root) > 32:
+        raise ConfigError(f"{key}: must be at most 32 characters so that generated UIDs fit in 64")
+    return root
+
+
+# Per section: key -> checker(key, value) returning the typed value.
+_Checker = Callable[[str, Any], Any]
+_SECTIONS: dict[str, tuple[type, dict[str, _Checker]]] = {
+    "node": (
+        NodeSettings,
+        {
+            "ae_title": check_ae_title,
+            "bind_address": lambda k, v: _check_str(k, v, re.compile(r".+"), "a host address"),
+            "port": lambda k, v: _check_int(k, v, 1, 65535),
+            "allowed_calling_ae_titles": lambda k, v: _check_list(k, v, check_ae_title),
+            "max_associations": lambda k, v: _check_int(k, v, 1, 1000),
+            "max_pdu_bytes": lambda k, v: _check_int(k, v, 0, 2**32 - 1),
+            "network_timeout_seconds": lambda k, v: _check_number(k, v, 1),
+        },
+    ),
+    "storage": (
+        StorageSettings,
+        {
+            "state_dir": _check_path,
+            "min_free_mb": lambda k, v: _check_int(k, v, 0, 2**40),
+            "keep_sop_classes": lambda k, v: _check_list(
+                k, v, lambda k2, v2: _check_str(k2, v2, re.compile(r"^[0-9]+(\.[0-9]+)*$"), "a UID")
+            ),
+            "retention_hours": lambda k, v: _check_number(k, v, 0),
+        },
+    ),
+    "assembly": (
+        AssemblySettings,
+        {
+            "quiet_seconds": lambda k, v: _check_number(k, v, 0),
+            "modalities": lambda k, v: _check_list(k, v, _check_str),
+            "require_original": _check_bool,
+            "max_obliquity_degrees": lambda k, v: _check_number(k, v, 0, 90),
+            "min_slices": lambda k, v: _check_int(k, v, 1, 100000),
+            "max_slice_thickness_mm": lambda k, v: _check_number(k, v, 0),
+            "max_gap_factor": lambda k, v: _check_number(k, v, 1),
+        },
+    ),
+    "jobs": (
+        JobSettings,
+        {
+            "max_attempts": lambda k, v: _check_int(k, v, 1, 100),
+            "retry_delay_seconds": lambda k, v: _check_number(k, v, 0),
+        },
+    ),
+    "encoding": (
+        EncodingSettings,
+        {
+            "uid_root": _check_uid_root,
+            "manufacturer": _check_str,
+            "institution_name": _check_str,
+            "device_serial_number": _check_str,
+            "seg_series_number": lambda k, v: _check_int(k, v, 1, 2**31 - 1),
+            "sr_series_number": lambda k, v: _check_int(k, v, 1, 2**31 - 1),
+            "seg_series_description": lambda k, v: _check_str(k, v, re.compile(r"^.{1,64}$"), "1-64 characters"),
+            "sr_series_description": lambda k, v: _check_str(k, v, re.compile(r"^.{1,64}$"), "1-64 characters"),
+        },
+    ),
+    "sender": (
+        SenderSettings,
+        {
+            "retry_initial_seconds": lambda k, v: _check_number(k, v, 0),
+            "retry_max_seconds": lambda k, v: _check_number(k, v, 0),
+            "max_refusals": lambda k, v: _check_int(k, v, 1, 1000),
+        },
+    ),
+}
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _build_section(name: str, raw: Any) -> Any:
+    cls, checkers = _SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: must be a table, got {raw!r}")
+    unknown = sorted(set(raw) - set(checkers))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown key (known: {', '.join(sorted(checkers))})")
+    return cls(**{key: checkers[key](f"{name}.{key}", value) for key, value in raw.items()})
+
+
+def _build_destination(index: int, raw: Any) -> Destination:
+    where = f"destinations[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    kind = raw.get("type")
+    name = _check_str(f"{where}.name", raw.get("name", f"destination-{index}"))
+    if kind == "dicom":
+        known = {"type", "name", "ae_title", "host", "port"}
+    elif kind == "folder":
+        known = {"type", "name", "path"}
+    else:
+        raise ConfigError(f"{where}.type: must be 'dicom' or 'folder', got {kind!r}")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key for a {kind} destination")
+    for key in known - {"name"}:
+        if key not in raw:
+            raise ConfigError(f"{where}.{key}: missing (required for a {kind} destination)")
+    if kind == "folder":
+        return FolderDestination(name=name, path=_check_path(f"{where}.path", raw["path"]))
+    return DicomDestination(
+        name=name,
+        ae_title=check_ae_title(f"{where}.ae_title", raw["ae_title"]),
+        host=_check_str(f"{where}.host", raw["host"], re.compile(r".+"), "a host name or address"),
+        port=_check_int(f"{where}.port", raw["port"], 1, 65535),
+    )
+
+
+def settings_from_dict(raw: dict[str, Any]) -> Settings:
+    """Validate a parsed TOML document and build :class:`Settings`."""
+    known = set(_SECTIONS) | {"destinations", "logging"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
+    sections = {name: _build_section(name, raw[name]) for name in _SECTIONS if name in raw}
+    destinations = raw.get("destinations", [])
+    if not isinstance(destinations, list):
+        raise ConfigError("destinations: must be an array of tables ([[destinations]])")
+    built = tuple(_build_destination(i, d) for i, d in enumerate(destinations))
+    names = [d.name for d in built]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(f"destinations: the name {duplicate!r} is used twice")
+    logging_table = raw.get("logging", {})
+    if not isinstance(logging_table, dict) or set(logging_table) - {"level"}:
+        raise ConfigError("logging: only the key 'level' is known")
+    level = logging_table.get("level", "INFO")
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"logging.level: must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    settings = Settings(**sections, destinations=built, log_level=level)
+    if settings.sender.retry_max_seconds < settings.sender.retry_initial_seconds:
+        raise ConfigError("sender.retry_max_seconds: must not be smaller than sender.retry_initial_seconds")
+    return settings
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read and validate a TOML configuration file (the shipped default when ``path`` is None)."""
+    path = DEFAULT_CONFIG if path is None else path
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return settings_from_dict(raw)
+
+
+def parse_destination(text: str) -> DicomDestination:
+    """Parse ``AET@HOST:PORT`` (the ``--destination`` command-line form)."""
+    match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>.+):(?P<port>[0-9]+)", text)
+    if match is None:
+        raise ConfigError(f"--destination: expected AET@HOST:PORT, got {text!r}")
+    return DicomDestination(
+        name=f"{match['aet']}@{match['host']}:{match['port']}",
+        ae_title=check_ae_title("--destination", match["aet"]),
+        host=match["host"],
+        port=_check_int("--destination", int(match["port"]), 1, 65535),
+    )
+
+
+def with_overrides(
+    settings: Settings,
+    *,
+    ae_title: str | None = None,
+    port: int | None = None,
+    state_dir: Path | None = None,
+    quiet_seconds: float | None = None,
+    destinations: list[str] | None = None,
+    output_dir: Path | None = None,
+) -> Settings:
+    """Apply command-line overrides. Destinations given on the command line replace the file's."""
+    node, storage, assembly = settings.node, settings.storage, settings.assembly
+    if ae_title is not None:
+        node = dataclasses.replace(node, ae_title=check_ae_title("--aet", ae_title))
+    if port is not None:
+        node = dataclasses.replace(node, port=_check_int("--port", port, 1, 65535))
+    if state_dir is not None:
+        storage = dataclasses.replace(storage, state_dir=_check_path("--state-dir", str(state_dir)))
+    if quiet_seconds is not None:
+        assembly = dataclasses.replace(assembly, quiet_seconds=_check_number("--quiet-seconds", quiet_seconds, 0))
+    chosen = settings.destinations
+    if destinations or output_dir is not None:
+        chosen = tuple(parse_destination(text) for text in destinations or ())
+        if output_dir is not None:
+            chosen += (FolderDestination(name="output-dir", path=_check_path("--output-dir", str(output_dir))),)
+    return dataclasses.replace(settings, node=node, storage=storage, assembly=assembly, destinations=chosen)

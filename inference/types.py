@@ -1,0 +1,78 @@
+"""Typed hand-off objects between the DICOM node and the analysis.
+
+Conventions (the same as SimpleITK's, so a volume converts without reordering):
+- ``hu`` is indexed ``[z, y, x]``: slice, row, column.
+- ``spacing`` and ``origin`` are ``(x, y, z)`` in millimetres, patient (LPS) coordinates.
+- ``direction`` is a 3x3 matrix whose *columns* are the patient-space unit vectors of the
+  array's x (column), y (row) and z (slice) axes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CTVolume:
+    """A CT volume in Hounsfield units with its patient-space geometry."""
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def __post_init__(self) -> None:
+        if self.hu.ndim != 3:
+            raise ValueError(f"CTVolume.hu must be 3-D (z, y, x), got shape {self.hu.shape}")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"CTVolume.spacing must be three positive numbers, got {self.spacing}")
+        if np.asarray(self.direction).shape != (3, 3):
+            raise ValueError("CTVolume.direction must be a 3x3 matrix")
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (1 ml = 1000 mm^3)."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+
+class LungLabel(enum.IntEnum):
+    """Values of :attr:`Findings.lung_labels`.
+
+    ``UNSEPARATED`` marks lung tissue where the right and left lung could not be told apart
+    (they touch along the whole mediastinum on some scans); it is reported as one "Lung".
+    """
+
+    BACKGROUND = 0
+    RIGHT = 1
+    LEFT = 2
+    UNSEPARATED = 3
+
+
+@dataclass(frozen=True)
+class LungVolumes:
+    """Lung volumes in millilitres. ``right_ml``/``left_ml`` are None when not separated."""
+
+    right_ml: float | None
+    left_ml: float | None
+    total_ml: float
+
+    @property
+    def separated(self) -> bool:
+        return self.right_ml is not None and self.left_ml is not None
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the analysis found in one volume.
+
+    ``lung_labels`` has the shape of the input volume's ``hu`` and holds :class:`LungLabel`
+    values. Later versions add the COVID-19 probability, lesions and CAM as optional fields.
+    """
+
+    lung_labels: np.ndarray
+    lungs: LungVolumes
+    algorithm_name: str
+    algorithm_version: str

@@ -1,0 +1,94 @@
+"""Configuration: the shipped default works as is; bad values fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomnode.cli import main
+from dicomnode.settings import (
+    ConfigError,
+    DicomDestination,
+    FolderDestination,
+    load_settings,
+    settings_from_dict,
+    with_overrides,
+)
+
+
+def test_default_configuration_listens_on_11112_and_writes_to_a_folder() -> None:
+    settings = load_settings()
+    assert settings.node.port == 11112
+    assert settings.node.ae_title == "DECOVNODE"
+    assert [type(d) for d in settings.destinations] == [FolderDestination]
+    assert settings.destinations[0].path == Path.cwd() / "dicomnode-results"
+
+
+@pytest.mark.parametrize(
+    ("document", "key"),
+    [
+        ({"node": {"port": "abc"}}, "node.port"),
+        ({"node": {"port": 70000}}, "node.port"),
+        ({"node": {"ae_title": "A" * 17}}, "node.ae_title"),
+        ({"node": {"ae_title": "BAD\\AET"}}, "node.ae_title"),
+        ({"node": {"allowed_calling_ae_titles": ["OK", ""]}}, "node.allowed_calling_ae_titles[1]"),
+        ({"node": {"prot": 11112}}, "node.prot"),
+        ({"storage": {"min_free_mb": -1}}, "storage.min_free_mb"),
+        ({"assembly": {"require_original": "yes"}}, "assembly.require_original"),
+        ({"encoding": {"uid_root": "1.2.3"}}, "encoding.uid_root"),
+        ({"encoding": {"uid_root": "1." * 20}}, "encoding.uid_root"),
+        ({"destinations": [{"type": "dicom", "ae_title": "PACS", "host": "h"}]}, "destinations[0].port"),
+        ({"destinations": [{"type": "ftp"}]}, "destinations[0].type"),
+        ({"logging": {"level": "LOUD"}}, "logging.level"),
+        ({"nodes": {}}, "nodes"),
+    ],
+)
+def test_bad_values_name_the_key(document: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict(document)
+    assert str(caught.value).startswith(key + ":") or str(caught.value).startswith(key + " ")
+
+
+def test_duplicate_destination_names_are_refused() -> None:
+    folder = {"type": "folder", "name": "x", "path": "/tmp/a"}
+    with pytest.raises(ConfigError, match="used twice"):
+        settings_from_dict({"destinations": [folder, folder]})
+
+
+def test_command_line_overrides_replace_destinations(tmp_path: Path) -> None:
+    settings = with_overrides(
+        load_settings(),
+        ae_title="NODE2",
+        port=4000,
+        state_dir=tmp_path / "state",
+        quiet_seconds=2,
+        destinations=["PACS@127.0.0.1:4242"],
+        output_dir=tmp_path / "out",
+    )
+    assert settings.node.ae_title == "NODE2" and settings.node.port == 4000
+    assert settings.storage.state_dir == tmp_path / "state"
+    assert settings.assembly.quiet_seconds == 2
+    assert settings.destinations == (
+        DicomDestination(name="PACS@127.0.0.1:4242", ae_title="PACS", host="127.0.0.1", port=4242),
+        FolderDestination(name="output-dir", path=tmp_path / "out"),
+    )
+
+
+def test_malformed_destination_argument() -> None:
+    with pytest.raises(ConfigError, match="AET@HOST:PORT"):
+        with_overrides(load_settings(), destinations=["PACS-127.0.0.1-4242"])
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config"]) == 0
+    assert "configuration OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node]\nport = 0\n")
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "node.port: must be an integer from 1 to 65535, got 0" in capsys.readouterr().err
+    assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[node\n")
+    assert main(["check-config", "--config", str(broken)]) == 2
+    assert "not valid TOML" in capsys.readouterr().err

@@ -1,0 +1,191 @@
+"""Real peers for tests, started on loopback and stopped by their PID.
+
+dcmtk tools are called by their /usr/bin path: a venv's bin/ holds pynetdicom's own
+storescu/storescp/echoscu, which would shadow dcmtk's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from conftest import free_port, require_tool
+
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+ECHOSCU = "/usr/bin/echoscu"
+DCIODVFY = "/usr/bin/dciodvfy"
+ORTHANC = "/usr/sbin/Orthanc"
+#: Seconds a starting node may take to answer C-ECHO (imports, recovery of its state).
+NODE_READY_TIMEOUT = 60.0
+
+
+def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def echo_ok(aet: str, port: int) -> bool:
+    result = subprocess.run([ECHOSCU, "-aec", aet, "127.0.0.1", str(port)], capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+#: storescu proposes uncompressed transfer syntaxes unless told which compressed one to offer.
+_STORESCU_PROPOSAL = {
+    "1.2.840.10008.1.2.4.70": "--propose-lossless",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80": "--propose-jls-lossless",
+    "1.2.840.10008.1.2.4.90": "--propose-j2k-lossless",
+    "1.2.840.10008.1.2.5": "--propose-rle",
+    "1.2.840.10008.1.2.1.99": "--propose-deflated",
+}
+
+
+def _first_file(target: Path) -> Path:
+    return target if target.is_file() else next(p for p in sorted(target.rglob("*")) if p.is_file())
+
+
+def storescu(
+    files_or_dir: Path | list[Path], aet: str, port: int, calling: str = "STORESCU", check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Send files (or a whole folder) with dcmtk's storescu, offering the files' own transfer
+    syntax; keep going after refused files. ``check``: fail unless every file was stored."""
+    require_tool(STORESCU)
+    targets = [files_or_dir] if isinstance(files_or_dir, Path) else list(files_or_dir)
+    transfer_syntax = pydicom.dcmread(_first_file(targets[0]), stop_before_pixels=True).file_meta.TransferSyntaxUID
+    command = [STORESCU, "-v", "-aec", aet, "-aet", calling, "--scan-directories", "--recurse", "--no-halt"]
+    if transfer_syntax in _STORESCU_PROPOSAL:
+        command.append(_STORESCU_PROPOSAL[transfer_syntax])
+    command += ["127.0.0.1", str(port), *map(str, targets)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result.stderr = result.stdout + result.stderr  # dcmtk logs to either, depending on the version
+    if check and (result.returncode != 0 or "Store Failed" in result.stderr or "Success" not in result.stderr):
+        raise AssertionError(f"storescu failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy reports for a file (warnings are not errors)."""
+    require_tool(DCIODVFY)
+    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+class Process:
+    """A background process with its output in a log file; stopped by its PID."""
+
+    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.log = log
+        self._handle = open(log, "ab")
+        self.popen = subprocess.Popen(command, stdout=self._handle, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        self._handle.close()
+        return self.popen.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class StoreSCP(Process):
+    """dcmtk storescp writing every received object into ``directory``."""
+
+    def __init__(self, directory: Path, aet: str = "RESULTS", port: int | None = None):
+        require_tool(STORESCP)
+        self.aet = aet
+        self.port = port or free_port()
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__([STORESCP, "-aet", aet, "-od", str(directory), str(self.port)], directory.parent / f"storescp-{self.port}.log")
+        wait_until(lambda: echo_ok(aet, self.port), 20, what="storescp to answer C-ECHO")
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if p.is_file())
+
+
+class OrthancPACS(Process):
+    """Orthanc on loopback with its own configuration and storage in ``directory``."""
+
+    def __init__(self, directory: Path, node_aet: str, node_port: int, aet: str = "ORTHANC"):
+        require_tool(ORTHANC)
+        self.aet = aet
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-pacs",
+            "StorageDirectory": str(directory / "storage"),
+            "IndexDirectory": str(directory / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": aet,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomModalities": {"node": [node_aet, "127.0.0.1", node_port]},
+            "StableAge": 2,
+            "Plugins": [],
+        }
+        config_path = directory / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        super().__init__([ORTHANC, str(config_path)], directory / "orthanc.log")
+        wait_until(self._ready, 30, what="Orthanc's REST API")
+
+    def _ready(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read() or b"null")
+
+    def instances_of_modality(self, modality: str) -> list[dict[str, Any]]:
+        found = []
+        for series_id in self.get("/series"):
+            series = self.get(f"/series/{series_id}")
+            if series["MainDicomTags"].get("Modality") == modality:
+                found.append(series)
+        return found
+
+
+def node_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dicomnode", "serve", "--config", str(config), *extra]
