@@ -88,6 +88,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _echo(args: argparse.Namespace, settings: Settings) -> int:
+    from dicomnode.send import DestinationUnavailable
     from dicomnode.send.scu import echo
     from dicomnode.settings import DicomDestination, parse_destination
 
@@ -96,8 +97,13 @@ def _echo(args: argparse.Namespace, settings: Settings) -> int:
         if args.peer
         else DicomDestination(name="this node", ae_title=settings.node.ae_title, host="127.0.0.1", port=settings.node.port)
     )
-    status = echo(peer, args.aet or settings.node.ae_title, settings.node.network_timeout_seconds)
-    print(f"C-ECHO {peer.ae_title}@{peer.host}:{peer.port}: status 0x{status:04X}" if status is not None else f"C-ECHO {peer.ae_title}@{peer.host}:{peer.port}: no association")
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    try:
+        status = echo(peer, args.aet or settings.node.ae_title, settings.node.network_timeout_seconds)
+    except DestinationUnavailable as error:
+        print(f"C-ECHO {where}: {error.reason}")
+        return 1
+    print(f"C-ECHO {where}: status 0x{status:04X}")
     return 0 if status == 0 else 1
 
 

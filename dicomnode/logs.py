@@ -30,5 +30,9 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom logs every PDU at INFO; its warnings and errors are what an operator needs.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # pynetdicom logs every PDU at INFO and every failed connection at ERROR, so a destination
+    # that is down would flood the log on each retry; the node logs each outcome itself, with
+    # its reason and the next retry time (DEBUG shows pynetdicom in full, for troubleshooting).
+    # highdicom logs each attribute it copies at INFO.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))

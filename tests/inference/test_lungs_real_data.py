@@ -1,8 +1,9 @@
 """Classical lung segmentation on real CT from ../shared/data (skipped without it, failing in CI).
 
-Measured when these tests were written (2-core CPU, segmentation only): LIDC-IDRI-0001 right
-2020 / left 1773 ml (~2 s); RICORD 000082 2313 / 2010 ml (~3 s); PET/CT whole body 2165 /
-1528 ml (~1 s); Lung-PET-CT-Dx A0002 (8 mm) 1128 / 1614 ml (0.2 s).
+Measured when these tests were written (analyze only, reading excluded, on a 2-core CPU shared
+with other jobs): LIDC-IDRI-0001 right 2020 / left 1773 ml (1.6-2.1 s); RICORD 000082 2313 /
+2010 ml (2.7-3.3 s); PET/CT whole body 2165 / 1528 ml (1.0-1.5 s); Lung-PET-CT-Dx A0002
+(8 mm slices) 1128 / 1614 ml (0.2 s).
 """
 
 from __future__ import annotations
