@@ -225,7 +225,7 @@ def uids(datasets: list[Dataset]) -> list[tuple[str, str]]:
     return [(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in datasets]
 
 
-def test_identities_are_deterministic(phantom_series: SeriesVolume, separated: Findings, tmp_path: Path) -> None:
+def test_identities_are_deterministic(phantom_series: SeriesVolume, separated: Findings) -> None:
     first = encode_results(phantom_series, separated, SETTINGS)
     again = encode_results(phantom_series, separated, SETTINGS)
     assert uids(first) == uids(again)

@@ -8,7 +8,6 @@ wall from inside, and a trachea with two main bronchi.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import SHARED_DATA, require_path
 from inference.types import CTVolume
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-CT = DATA / "ct"
+CT = SHARED_DATA / "ct"
 
 SHAPE = (80, 264, 360)  # z, y, x
 SPACING = (1.0, 1.0, 2.5)  # x, y, z mm: in-plane 1 mm so the 2 mm working copy is exercised
@@ -132,16 +131,6 @@ def make_phantom() -> Callable[..., Phantom]:
     return build_phantom
 
 
-def require_data(path: Path) -> Path:
-    """Skip when the real data is absent (a fresh clone); fail in CI, where it must run."""
-    if not path.exists():
-        message = f"{path} is absent (the real test data lives in ../shared/data)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must run the real-data tests")
-        pytest.skip(message)
-    return path
-
-
 def read_series(directory: Path) -> CTVolume:
     """A DICOM series as a CTVolume, read with SimpleITK (test-side only: no pydicom in inference).
 
@@ -174,7 +163,7 @@ def real_series() -> Callable[[str], CTVolume]:
 
     def load(name: str) -> CTVolume:
         if name not in cache:
-            cache[name] = read_series(require_data(CT / name))
+            cache[name] = read_series(require_path(CT / name))
         return cache[name]
 
     return load
@@ -185,6 +174,6 @@ def real_nifti() -> Callable[[str], CTVolume]:
     """Reads the image or mask ``../shared/data/ct/<relative path>`` (NIfTI) as a CTVolume."""
 
     def load(relative: str) -> CTVolume:
-        return image_to_volume(sitk.ReadImage(str(require_data(CT / relative))))
+        return image_to_volume(sitk.ReadImage(str(require_path(CT / relative))))
 
     return load
