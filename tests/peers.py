@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -185,7 +184,3 @@ class OrthancPACS(Process):
             if series["MainDicomTags"].get("Modality") == modality:
                 found.append(series)
         return found
-
-
-def node_command(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dicomnode", "serve", "--config", str(config), *extra]

@@ -57,3 +57,30 @@ def test_echo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_status_of_a_missing_state_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--state-dir", str(tmp_path / "nothing")]) == 1
     assert "no node state" in capsys.readouterr().err
+
+
+def test_status_lists_runs_with_their_lung_volumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dicomnode.db import Database
+    from dicomnode.jobs import JobQueue
+    from dicomnode.layout import StateLayout
+    from dicomnode.spool import QuietSeries
+
+    layout = StateLayout(tmp_path / "state")
+    layout.create()
+    db = Database(layout.database)
+    with db.transaction() as sql:
+        sql.execute("INSERT INTO series (series_uid, study_uid, last_received_at) VALUES ('1.2.3', '1.2', 5)")
+    queue = JobQueue(db)
+    queue.submit(QuietSeries("1.2.3", "1.2", 5.0), ["1.2.3.1", "1.2.3.2"], None, 10.0, 60.0)
+    job = queue.claim(10.0)
+    summary = {"right_lung_ml": 2000.4, "left_lung_ml": 1800.0, "total_lung_ml": 3800.4, "algorithm": "test 1"}
+    with db.transaction() as sql:
+        queue.mark_done(sql, job, summary, 11.0, 60.0)
+    db.close()
+    assert main(["status", "--state-dir", str(layout.root)]) == 0
+    out = capsys.readouterr().out
+    assert "series runs: rejected 0, pending 0, running 0, done 1, failed 0" in out
+    assert "lungs: right 2000 ml, left 1800 ml, total 3800 ml (test 1)" in out
+    assert main(["status", "--state-dir", str(layout.root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recent"][0]["summary"] == summary and report["recent"][0]["instances"] == 2

@@ -233,3 +233,9 @@ def test_every_compressed_transfer_syntax_is_accepted_and_kept_as_sent(node: Run
         kept = pydicom.dcmread(path)
         assert kept.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert (kept.pixel_array == original.pixel_array).all()
+
+
+def test_a_wrong_called_ae_title_is_rejected(node: RunningReceiver, phantom_dir: Path) -> None:
+    refused = storescu(phantom_dir, "NOTTHENODE", node.settings.port, check=False)
+    assert "Called AE Title Not Recognized" in refused.stderr
+    assert node.indexed() == 0
