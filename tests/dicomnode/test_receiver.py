@@ -44,8 +44,16 @@ class RunningReceiver:
         return list(self.layout.temp.iterdir())
 
 
-def _start(tmp_path: Path, min_free_mb: int = 0, allowed: tuple[str, ...] = ()) -> tuple[RunningReceiver, object]:
-    settings = NodeSettings(ae_title="TESTNODE", bind_address="127.0.0.1", port=free_port(), allowed_calling_ae_titles=allowed)
+def _start(
+    tmp_path: Path, min_free_mb: int = 0, allowed: tuple[str, ...] = (), max_associations: int = 10
+) -> tuple[RunningReceiver, object]:
+    settings = NodeSettings(
+        ae_title="TESTNODE",
+        bind_address="127.0.0.1",
+        port=free_port(),
+        allowed_calling_ae_titles=allowed,
+        max_associations=max_associations,
+    )
     layout = StateLayout(tmp_path / "state")
     layout.create()
     db = Database(layout.database)
@@ -239,3 +247,21 @@ def test_a_wrong_called_ae_title_is_rejected(node: RunningReceiver, phantom_dir:
     refused = storescu(phantom_dir, "NOTTHENODE", node.settings.port, check=False)
     assert "Called AE Title Not Recognized" in refused.stderr
     assert node.indexed() == 0
+
+
+def test_associations_beyond_the_limit_are_rejected(tmp_path: Path, phantom_dir: Path) -> None:
+    running, server = _start(tmp_path, max_associations=1)
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context("1.2.840.10008.1.1")
+    held = holder.associate("127.0.0.1", running.settings.port, ae_title=running.settings.ae_title)
+    try:
+        assert held.is_established
+        refused = storescu(phantom_dir, running.settings.ae_title, running.settings.port, check=False)
+        assert "Local Limit Exceeded" in refused.stderr
+    finally:
+        held.release()
+    try:
+        storescu(phantom_dir, running.settings.ae_title, running.settings.port)  # served again
+        assert running.indexed() == 40
+    finally:
+        server.shutdown()

@@ -1,0 +1,111 @@
+"""The worker on a real spool: success fills the outbox; failures are bounded and recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import pydicom
+
+from dicomnode.assembly import Assembler
+from dicomnode.jobs.worker import Worker
+from dicomnode.net.receiver import StoreReceiver
+from dicomnode.node import State
+from dicomnode.settings import FolderDestination, Settings
+from dicomnode.status import Status
+from factories import PhantomSeries
+from inference import CTVolume, Findings, analyze
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    defaults = Settings()
+    return dataclasses.replace(
+        defaults,
+        storage=dataclasses.replace(defaults.storage, state_dir=tmp_path / "state", min_free_mb=0),
+        assembly=dataclasses.replace(defaults.assembly, quiet_seconds=0),
+        jobs=dataclasses.replace(defaults.jobs, max_attempts=3, retry_delay_seconds=0),
+        destinations=(FolderDestination(name="a", path=tmp_path / "a"), FolderDestination(name="b", path=tmp_path / "b")),
+    )
+
+
+def queued_job(state: State, settings: Settings, series: PhantomSeries) -> None:
+    receiver = StoreReceiver(state.spool, state.index, settings.storage.keep_sop_classes)
+    for ds in series.datasets():
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        assert receiver.store(buffer.getvalue(), ds, "TEST") == Status.SUCCESS
+    assert Assembler(state.index, state.spool, state.queue, settings).run_once(now=1e12) == 1
+
+
+def jobs(state: State) -> list[dict]:
+    return [dict(r) for r in state.db.query("SELECT * FROM jobs ORDER BY id")]
+
+
+def test_a_job_is_analysed_and_its_results_queued_for_every_destination(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    state = State.open(settings)
+    queued_job(state, settings, PhantomSeries())
+    worker = Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, analyze)
+    assert worker.run_once() is not None
+    (job,) = jobs(state)
+    assert job["state"] == "done" and job["attempts"] == 1 and job["reason"] is None
+    rows = state.db.query("SELECT destination, path FROM outbox ORDER BY destination, path")
+    assert [r["destination"] for r in rows] == ["a", "a", "b", "b"]
+    classes = {pydicom.dcmread(state.layout.outbox / r["path"]).Modality for r in rows}
+    assert classes == {"SEG", "SR"}
+    assert worker.run_once() is None  # nothing else to do
+
+
+def test_a_job_that_raises_is_retried_a_bounded_number_of_times(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    state = State.open(settings)
+    queued_job(state, settings, PhantomSeries())
+    calls = []
+
+    def broken(volume: CTVolume) -> Findings:
+        calls.append(volume.hu.shape)
+        raise MemoryError("out of memory in the analysis")
+
+    worker = Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, broken)
+    for attempt in (1, 2):
+        worker.run_once()
+        assert jobs(state)[0]["state"] == "pending", attempt
+    worker.run_once()
+    (job,) = jobs(state)
+    assert len(calls) == 3 and job["attempts"] == 3
+    assert job["state"] == "failed" and job["reason"] == "MemoryError: out of memory in the analysis"
+    assert worker.run_once() is None
+    assert state.db.query("SELECT COUNT(*) AS n FROM outbox")[0]["n"] == 0
+
+
+def test_input_that_can_never_be_analysed_fails_at_once(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    state = State.open(settings)
+    queued_job(state, settings, PhantomSeries())
+    victim = state.spool.absolute(state.spool.files()[0])
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[:100]  # damaged on disk after it was received
+    ds.save_as(victim)
+    worker = Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, analyze)
+    worker.run_once()
+    (job,) = jobs(state)
+    assert job["state"] == "failed" and job["attempts"] == 1
+    assert job["reason"].startswith("VolumeError: ") and "cannot be decoded" in job["reason"]
+
+
+def test_a_volume_without_lungs_fails_with_its_reason(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    state = State.open(settings)
+
+    class SolidPhantom(PhantomSeries):
+        def hu(self):  # type: ignore[no-untyped-def]
+            volume = super().hu()
+            volume[volume < -500] = 40.0  # soft tissue everywhere: no air, no lung
+            return volume
+
+    queued_job(state, settings, SolidPhantom())
+    Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, analyze).run_once()
+    (job,) = jobs(state)
+    assert job["state"] == "failed" and job["attempts"] == 1
+    assert job["reason"].startswith("EncodingError: ") and "no lung" in job["reason"]
