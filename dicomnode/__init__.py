@@ -3,13 +3,8 @@
 Data flows one way: network -> spool -> assembled series -> jobs -> encoding -> sending.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from inference.version import DISTRIBUTION, package_version
 
-DISTRIBUTION = "decov-node"
-
-try:
-    __version__ = version(DISTRIBUTION)
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = package_version()
 
 __all__ = ["DISTRIBUTION", "__version__"]

@@ -10,26 +10,15 @@ fields of :class:`Findings`, so that callers keep one call and one result type.
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
-
 import numpy as np
 
 from inference.lungs import segment_lungs
-from inference.types import CTVolume, Findings, LungLabel, LungVolumes
+from inference.types import AlgorithmFamily, CTVolume, Findings, LungLabel, LungVolumes
+from inference.version import package_version
 
 logger = logging.getLogger(__name__)
 
 ALGORITHM_NAME = "Unsupervised lung segmentation"
-DISTRIBUTION = "decov-node"
-
-
-def algorithm_version() -> str:
-    """Version of the installed distribution: results must name the code that produced them."""
-    try:
-        return version(DISTRIBUTION)
-    except PackageNotFoundError:
-        # Running from a source tree that was never installed (pip install -e .).
-        return "0+unknown"
 
 
 def analyze(volume: CTVolume) -> Findings:
@@ -50,7 +39,8 @@ def analyze(volume: CTVolume) -> Findings:
         lung_labels=labels,
         lungs=lungs,
         algorithm_name=ALGORITHM_NAME,
-        algorithm_version=algorithm_version(),
+        algorithm_version=package_version(),
+        algorithm_family=AlgorithmFamily.MORPHOLOGICAL_OPERATIONS,
     )
 
 

@@ -64,6 +64,13 @@ class LungVolumes:
         return self.right_ml is not None and self.left_ml is not None
 
 
+class AlgorithmFamily(enum.Enum):
+    """What kind of method produced the findings; the node writes it as a DICOM CID 7162 code."""
+
+    MORPHOLOGICAL_OPERATIONS = "morphological operations"
+    ARTIFICIAL_INTELLIGENCE = "artificial intelligence"
+
+
 @dataclass(frozen=True)
 class Findings:
     """What the analysis found in one volume.
@@ -76,3 +83,4 @@ class Findings:
     lungs: LungVolumes
     algorithm_name: str
     algorithm_version: str
+    algorithm_family: AlgorithmFamily

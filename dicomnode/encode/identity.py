@@ -20,12 +20,15 @@ from pydicom.uid import generate_uid
 from dicomnode import __version__
 from dicomnode.settings import Settings
 from dicomnode.volume import SeriesVolume
-from inference.types import Findings
+from inference.types import AlgorithmFamily, Findings
 
 #: ManufacturerModelName of every object the node writes.
 MODEL_NAME = "decov-node"
-#: Algorithm family (CID 7162) of the analysis.
-ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence
+#: How each algorithm family of the findings is coded (CID 7162).
+ALGORITHM_FAMILY_CODES = {
+    AlgorithmFamily.MORPHOLOGICAL_OPERATIONS: codes.cid7162.MorphologicalOperations,
+    AlgorithmFamily.ARTIFICIAL_INTELLIGENCE: codes.cid7162.ArtificialIntelligence,
+}
 
 #: Object kinds of :func:`result_uid`.
 SEG_INSTANCE = "seg"
@@ -102,7 +105,7 @@ def seg_algorithm_identification(findings: Findings) -> hd.AlgorithmIdentificati
     """Algorithm identification of SEG segments (name and version from the findings)."""
     return hd.AlgorithmIdentificationSequence(
         name=findings.algorithm_name,
-        family=ALGORITHM_FAMILY,
+        family=ALGORITHM_FAMILY_CODES[findings.algorithm_family],
         version=findings.algorithm_version,
     )
 
@@ -112,5 +115,5 @@ def sr_algorithm_identification(findings: Findings) -> hd.sr.AlgorithmIdentifica
     return hd.sr.AlgorithmIdentification(
         name=findings.algorithm_name,
         version=findings.algorithm_version,
-        family=ALGORITHM_FAMILY,
+        family=ALGORITHM_FAMILY_CODES[findings.algorithm_family],
     )

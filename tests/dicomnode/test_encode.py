@@ -23,7 +23,7 @@ from dicomnode.encode.identity import MODEL_NAME, result_uid
 from dicomnode.settings import EncodingSettings, Settings
 from dicomnode.volume import SeriesVolume, build_volume
 from factories import PhantomSeries
-from inference.types import Findings, LungLabel, LungVolumes
+from inference.types import AlgorithmFamily, Findings, LungLabel, LungVolumes
 
 RIGHT_LUNG, LEFT_LUNG, LUNG = "3341006", "44029006", "39607008"
 SETTINGS = Settings()
@@ -58,6 +58,7 @@ def findings_for(series: SeriesVolume, labels: np.ndarray, version: str = "1.0")
         ),
         algorithm_name="Test lung segmentation",
         algorithm_version=version,
+        algorithm_family=AlgorithmFamily.MORPHOLOGICAL_OPERATIONS,
     )
 
 
@@ -124,7 +125,7 @@ def test_seg_segments(written: tuple[Path, Path]) -> None:
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
         assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("Test lung segmentation", "1.0")
-        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # Artificial Intelligence
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123104"  # Morphological Operations
 
 
 def test_seg_mask_round_trip(written: tuple[Path, Path], phantom_series: SeriesVolume, separated: Findings) -> None:
@@ -327,7 +328,7 @@ def test_no_lung_is_an_encoding_error(phantom_series: SeriesVolume) -> None:
 def test_bad_label_maps_are_encoding_errors(phantom_series: SeriesVolume, labels: np.ndarray | None, message: str) -> None:
     if labels is None:
         labels = np.full(phantom_series.volume.hu.shape, 7, dtype=np.uint8)
-    findings = Findings(labels, LungVolumes(None, None, 1.0), "x", "1")
+    findings = Findings(labels, LungVolumes(None, None, 1.0), "x", "1", AlgorithmFamily.ARTIFICIAL_INTELLIGENCE)
     with pytest.raises(EncodingError, match=message):
         encode_seg(phantom_series, findings, SETTINGS)
 

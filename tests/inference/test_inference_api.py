@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import inference
+import inference.version
 from inference import api
+from inference.version import package_version
 from inference.types import LungLabel
 
 # Fixtures (tests/inference/conftest.py): ``phantom`` and ``make_phantom``.
@@ -38,7 +40,8 @@ def test_volumes_are_voxel_counts_times_voxel_volume(phantom, findings: inferenc
 
 def test_algorithm_identity(findings: inference.Findings) -> None:
     assert findings.algorithm_name == "Unsupervised lung segmentation"
-    assert findings.algorithm_version == api.algorithm_version()
+    assert findings.algorithm_version == package_version()
+    assert findings.algorithm_family is inference.AlgorithmFamily.MORPHOLOGICAL_OPERATIONS
 
 
 def test_version_comes_from_the_installed_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,8 +51,8 @@ def test_version_comes_from_the_installed_distribution(monkeypatch: pytest.Monke
         seen.append(name)
         return "1.2.3"
 
-    monkeypatch.setattr(api, "version", fake_version)
-    assert api.algorithm_version() == "1.2.3"
+    monkeypatch.setattr(inference.version, "version", fake_version)
+    assert package_version() == "1.2.3"
     assert seen == ["decov-node"]
 
 
@@ -57,8 +60,8 @@ def test_version_falls_back_only_when_not_installed(monkeypatch: pytest.MonkeyPa
     def not_installed(name: str) -> str:
         raise PackageNotFoundError(name)
 
-    monkeypatch.setattr(api, "version", not_installed)
-    assert api.algorithm_version() == "0+unknown"
+    monkeypatch.setattr(inference.version, "version", not_installed)
+    assert package_version() == "0+unknown"
 
 
 def test_unseparated_lungs_have_no_side_volumes() -> None:
