@@ -169,18 +169,3 @@ class OrthancPACS(Process):
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
             return json.loads(response.read())
-
-    def post(self, path: str, body: Any) -> Any:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}{path}", data=json.dumps(body).encode(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return json.loads(response.read() or b"null")
-
-    def instances_of_modality(self, modality: str) -> list[dict[str, Any]]:
-        found = []
-        for series_id in self.get("/series"):
-            series = self.get(f"/series/{series_id}")
-            if series["MainDicomTags"].get("Modality") == modality:
-                found.append(series)
-        return found

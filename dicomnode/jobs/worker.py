@@ -15,10 +15,10 @@ from typing import Any
 from dicomnode.db import Database
 from dicomnode.encode import EncodingError
 from dicomnode.jobs.queue import Job, JobQueue
+from dicomnode.pipeline import Analyze, analyse_series
 from dicomnode.send import Outbox
 from dicomnode.settings import Settings
 from dicomnode.spool import InstanceIndex, Spool
-from dicomnode.pipeline import Analyze, analyse_series
 from dicomnode.volume import VolumeError
 
 logger = logging.getLogger(__name__)
