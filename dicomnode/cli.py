@@ -117,6 +117,7 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from dicomnode.pipeline import describe_summary
     from dicomnode.report import node_status
 
     state_dir = args.state_dir.resolve() if args.state_dir else settings.storage.state_dir
@@ -130,20 +131,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     print("outbox: " + ", ".join(f"{state} {count}" for state, count in report["outbox"].items()))
     print(f"instances in spool: {report['instances']}, series waiting for quiet: {report['series_waiting']}")
     for run in report["recent"]:
-        detail = run["reason"] or _describe_summary(run["summary"])
+        detail = run["reason"] or describe_summary(run["summary"])
         print(f"  job {run['id']:>5} {run['state']:<8} {run['instances']:>4} inst  series {run['series_uid']}  {detail}")
     return 0
-
-
-def _describe_summary(summary: dict | None) -> str:
-    if not summary:
-        return ""
-    volumes = ", ".join(
-        f"{side} {summary[key]:.0f} ml"
-        for side, key in (("right", "right_lung_ml"), ("left", "left_lung_ml"), ("total", "total_lung_ml"))
-        if summary.get(key) is not None
-    )
-    return f"lungs: {volumes} ({summary['algorithm']})"
 
 
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:

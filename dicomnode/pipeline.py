@@ -35,6 +35,18 @@ def summarize(findings: Findings) -> dict[str, Any]:
     }
 
 
+def describe_summary(summary: dict[str, Any] | None) -> str:
+    """One line for an operator from a :func:`summarize` record (empty for none)."""
+    if not summary:
+        return ""
+    volumes = ", ".join(
+        f"{side} {summary[key]:.0f} ml"
+        for side, key in (("right", "right_lung_ml"), ("left", "left_lung_ml"), ("total", "total_lung_ml"))
+        if summary.get(key) is not None
+    )
+    return f"lungs: {volumes} ({summary['algorithm']})"
+
+
 def analyse_series(paths: Sequence[Path], settings: Settings, analyze: Analyze) -> SeriesResult:
     """Files of one series -> volume -> findings -> SEG + SR datasets.
 

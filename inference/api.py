@@ -10,6 +10,7 @@ fields of :class:`Findings`, so that callers keep one call and one result type.
 from __future__ import annotations
 
 import logging
+
 import numpy as np
 
 from inference.lungs import segment_lungs
