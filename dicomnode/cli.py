@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from dicomnode.node import Node
+    from dicomnode.pipeline import AnalysisUnavailable
 
     settings = with_overrides(
         settings,
@@ -76,7 +77,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         destinations=args.destination,
         output_dir=args.output_dir,
     )
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except AnalysisUnavailable as error:
+        print(f"error: the analysis cannot start: {error}", file=sys.stderr)
+        return 1
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: node.request_stop())
     node.start()
@@ -109,8 +114,13 @@ def _echo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _process(args: argparse.Namespace, settings: Settings) -> int:
     from dicomnode.offline import process_folder
+    from dicomnode.pipeline import AnalysisUnavailable
 
-    results = process_folder(args.folder, args.out, settings)
+    try:
+        results = process_folder(args.folder, args.out, settings)
+    except AnalysisUnavailable as error:
+        print(f"error: the analysis cannot start: {error}", file=sys.stderr)
+        return 1
     for result in results:
         print(json.dumps(result))
     return 0 if results and all(r["state"] == "done" for r in results) else 1
@@ -140,6 +150,12 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     print(f"configuration OK: {args.config or 'default'}")
     print(f"  AE title {settings.node.ae_title}, listening on {settings.node.bind_address}:{settings.node.port}")
     print(f"  state directory {settings.storage.state_dir}")
+    analysis = settings.analysis
+    print(
+        f"  analysis: threshold {analysis.threshold}, min lesion score {analysis.min_lesion_score}, "
+        f"device {analysis.device}, threads {analysis.threads or 'auto'}, "
+        f"weights {analysis.weights_dir or 'shipped with the package'}"
+    )
     for destination in settings.destinations:
         print(f"  destination {destination}")
     if not settings.destinations:

@@ -15,10 +15,10 @@ from dicomnode.assembly import Assembler
 from dicomnode.db import Database
 from dicomnode.jobs import JobQueue
 from dicomnode.jobs.worker import Worker
-from dicomnode.pipeline import Analyze
 from dicomnode.layout import StateLayout
 from dicomnode.net.receiver import StoreReceiver
 from dicomnode.net.scp import start_receiver
+from dicomnode.pipeline import Analyze, build_analyze
 from dicomnode.send import Outbox, Sender
 from dicomnode.settings import Settings
 from dicomnode.spool import InstanceIndex, Spool
@@ -56,11 +56,12 @@ class Node:
     """Start and stop the whole pipeline."""
 
     def __init__(self, settings: Settings, analyze: Analyze | None = None) -> None:
+        """``analyze`` replaces the configured analysis (tests inject a stub); by default one
+        analyzer is built from ``settings.analysis`` here, before anything is received, so that
+        missing or corrupt weights stop the node at start-up rather than fail every series."""
         self.settings = settings
         self.state = State.open(settings)
-        if analyze is None:
-            from inference import analyze  # heavy: imported only when the node really runs
-        self.analyze = analyze
+        self.analyze = analyze if analyze is not None else build_analyze(settings)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server = None

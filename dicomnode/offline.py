@@ -17,7 +17,7 @@ from pydicom.errors import InvalidDicomError
 from dicomnode.assembly import first_failure
 from dicomnode.encode import EncodingError
 from dicomnode.fileio import safe_name
-from dicomnode.pipeline import analyse_series
+from dicomnode.pipeline import Analyze, analyse_series, build_analyze
 from dicomnode.settings import Settings
 from dicomnode.spool import HeaderError, InstanceHeader, read_header
 from dicomnode.volume import VolumeError
@@ -41,10 +41,15 @@ def _read_headers(folder: Path, keep: tuple[str, ...]) -> dict[str, list[tuple[I
     return series
 
 
-def process_folder(folder: Path, out: Path, settings: Settings) -> list[dict[str, Any]]:
-    """Analyse every series found under ``folder``; return one result record per series."""
-    from inference import analyze
+def process_folder(
+    folder: Path, out: Path, settings: Settings, analyze: Analyze | None = None
+) -> list[dict[str, Any]]:
+    """Analyse every series found under ``folder``; return one result record per series.
 
+    ``analyze`` replaces the configured analysis (tests inject a stub). By default one analyzer
+    is built from ``settings.analysis`` when the first series is to be analysed, and reused for
+    the others: a folder without analysable series does not load the models at all.
+    """
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
     results = []
@@ -55,6 +60,8 @@ def process_folder(folder: Path, out: Path, settings: Settings) -> list[dict[str
             logger.warning("series %s not analysed: %s", series_uid, reason)
             results.append(record | {"state": "rejected", "reason": reason})
             continue
+        if analyze is None:
+            analyze = build_analyze(settings)
         try:
             result = analyse_series([path for _, path in members], settings, analyze)
         except (VolumeError, EncodingError) as error:

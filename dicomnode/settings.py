@@ -14,7 +14,10 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from inference.options import AnalysisOptions
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -102,8 +105,46 @@ class EncodingSettings:
     device_serial_number: str = ""
     seg_series_number: int = 9901
     sr_series_number: int = 9902
-    seg_series_description: str = "Lung segmentation (AI, research use)"
-    sr_series_description: str = "Lung volumes (AI, research use)"
+    seg_series_description: str = "Lungs and lesions (AI, research use)"
+    sr_series_description: str = "COVID-19 assessment (AI, research use)"
+
+
+#: Devices the analysis may run on ("auto": CUDA when present, else the CPU).
+ANALYSIS_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How the COVID-19 classifier and the lesion localization run and decide.
+
+    The node does not interpret these values itself: :meth:`options` hands them to the
+    analysis as :class:`inference.options.AnalysisOptions`, whose ``__post_init__`` checks them
+    again. They are validated here too so that a bad value stops the node at start-up with the
+    key's name, not at the first series.
+    """
+
+    #: Probability at or above which a scan is called COVID-19 positive (strictly between 0 and 1).
+    threshold: float = 0.5
+    #: Lesion candidates with a lower mean class activation are not reported.
+    min_lesion_score: float = 0.3
+    #: CPU threads for torch; 0 lets torch choose (one per core).
+    threads: int = 0
+    device: str = "auto"
+    #: Folder of a site's own weights; None (empty in the file) means the weights shipped in the package.
+    weights_dir: Path | None = None
+
+    def options(self) -> AnalysisOptions:
+        """These settings as the analysis takes them (``inference.options`` is imported here:
+        loading the configuration must not load the analysis package)."""
+        from inference.options import SHIPPED_WEIGHTS, AnalysisOptions
+
+        return AnalysisOptions(
+            threshold=self.threshold,
+            min_lesion_score=self.min_lesion_score,
+            threads=self.threads or None,
+            device=self.device,
+            weights_dir=self.weights_dir if self.weights_dir is not None else SHIPPED_WEIGHTS,
+        )
 
 
 @dataclass(frozen=True)
@@ -146,6 +187,7 @@ class Settings:
     assembly: AssemblySettings = field(default_factory=AssemblySettings)
     jobs: JobSettings = field(default_factory=JobSettings)
     encoding: EncodingSettings = field(default_factory=EncodingSettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     sender: SenderSettings = field(default_factory=SenderSettings)
     destinations: tuple[Destination, ...] = ()
     log_level: str = "INFO"
@@ -182,6 +224,12 @@ def _check_bool(key: str, value: Any) -> bool:
     return value
 
 
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def check_ae_title(key: str, value: Any) -> str:
     """An AE title: 1-16 printable ASCII characters without backslash, not all spaces."""
     title = _check_str(key, value, _AE_TITLE, "an AE title (1-16 printable ASCII characters, no backslash)")
@@ -198,6 +246,20 @@ def _check_list(key: str, value: Any, item: Callable[[str, Any], Any]) -> tuple[
 
 def _check_path(key: str, value: Any) -> Path:
     return Path(_check_str(key, value, re.compile(r".+"), "a non-empty path")).expanduser().resolve()
+
+
+def _check_probability(key: str, value: Any) -> float:
+    """A number strictly between 0 and 1 (a threshold of 0 or 1 would call every scan the same)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ConfigError(f"{key}: must be a number strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _check_optional_path(key: str, value: Any) -> Path | None:
+    """A path, or the empty string for "none" (TOML has no null)."""
+    if value == "":
+        return None
+    return _check_path(key, value)
 
 
 def _check_uid_root(key: str, value: Any) -> str:
@@ -264,6 +326,16 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Checker]]] = {
             "sr_series_number": lambda k, v: _check_int(k, v, 1, 2**31 - 1),
             "seg_series_description": lambda k, v: _check_str(k, v, re.compile(r"^.{1,64}$"), "1-64 characters"),
             "sr_series_description": lambda k, v: _check_str(k, v, re.compile(r"^.{1,64}$"), "1-64 characters"),
+        },
+    ),
+    "analysis": (
+        AnalysisSettings,
+        {
+            "threshold": _check_probability,
+            "min_lesion_score": lambda k, v: _check_number(k, v, 0, 1),
+            "threads": lambda k, v: _check_int(k, v, 0, 1024),
+            "device": lambda k, v: _check_choice(k, v, ANALYSIS_DEVICES),
+            "weights_dir": _check_optional_path,
         },
     ),
     "sender": (

@@ -1,48 +1,189 @@
-"""The one entry point of the analysis: :func:`analyze` turns a CT volume into findings.
+"""The entry point of the analysis: :class:`Analyzer` turns a CT volume into findings.
 
-The DICOM node calls nothing else in this package. Today the analysis is the classical lung
-segmentation with lung volumes (METHOD step 4). The COVID-19 classifier (DeCoVNet) and the
-weakly supervised lesion localization (issue 3) plug in here: models are loaded once, run on
-the volume and the lung mask computed below, and their outputs become further optional
-fields of :class:`Findings`, so that callers keep one call and one result type.
+The DICOM node builds one Analyzer at start-up (models loaded once, reused for every series) and
+calls :meth:`Analyzer.analyze` and nothing else. The steps (METHOD 1-9):
+
+1. lungs: the U-Net on a coarse grid, mapped back to the original slices (:mod:`inference.lung_unet`);
+2. assessability: a plausible, complete pair of lungs, else "not assessable" and no probability;
+3. DeCoVNet on the lung box (224x336 per slice, CT + lung mask) gives the probability and the CAM;
+4. lesions (positive scans only): CAM candidates and R3dcc on the classifier grid
+   (:mod:`inference.localize`), mapped back to the original slices and measured there.
+
+:func:`analyze` is the same with the default options (the shipped weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
+from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
+import torch
 
-from inference.lungs import segment_lungs
-from inference.types import AlgorithmFamily, CTVolume, Findings, LungLabel, LungVolumes
+from inference.assess import not_assessable_reason
+from inference.classifier_input import ClassifierInput, classifier_input, pad_slices
+from inference.device import choose_device
+from inference.grid import VoxelGrid
+from inference.localize import Localization, localize, upsample_cam
+from inference.lung_unet import segment_lungs_unet
+from inference.models.decovnet import COVID, DeCoVNet
+from inference.models.unet import UNet
+from inference.options import AnalysisOptions
+from inference.resampling import to_original
+from inference.types import (
+    AlgorithmFamily,
+    Classification,
+    CTVolume,
+    Findings,
+    Lesion,
+    LungLabel,
+    LungVolumes,
+)
 from inference.version import package_version
+from inference.weights import DECOVNET, LUNG_UNET, load_weights, read_manifest
 
 logger = logging.getLogger(__name__)
 
-ALGORITHM_NAME = "Unsupervised lung segmentation"
+ALGORITHM_NAME = "DeCoVNet"
+
+
+class Analyzer:
+    """The models, loaded once; :meth:`analyze` runs them on one volume at a time."""
+
+    def __init__(self, options: AnalysisOptions | None = None) -> None:
+        self.options = options or AnalysisOptions()
+        self.device = choose_device(self.options.device, self.options.threads)
+        folder = self.options.weights_dir
+        self.unet = load_weights(UNet(), folder, LUNG_UNET).to(self.device)
+        self.decovnet = load_weights(DeCoVNet(), folder, DECOVNET).to(self.device)
+        self.version = _algorithm_version(read_manifest(folder), self.options)
+        self.timings: dict[str, float] = {}
+        """Seconds per stage of the last :meth:`analyze` (for the benchmark)."""
+
+    def analyze(self, volume: CTVolume) -> Findings:
+        """Lungs, assessability, COVID-19 probability and lesions of ``volume``."""
+        self.timings = {}
+        with self._stage("lungs"):
+            labels = segment_lungs_unet(volume, self.unet, self.device)
+            lungs = lung_volumes(labels, volume.voxel_volume_ml)
+        findings = Findings(
+            lung_labels=labels,
+            lungs=lungs,
+            algorithm_name=ALGORITHM_NAME,
+            algorithm_version=self.version,
+            algorithm_family=AlgorithmFamily.ARTIFICIAL_INTELLIGENCE,
+        )
+        reason = not_assessable_reason(volume, labels, lungs)
+        with self._stage("resample"):
+            prepared = None if reason else classifier_input(volume, labels)
+        if reason or prepared is None:
+            reason = reason or "no lungs found"
+            logger.warning("scan not assessable: %s", reason)
+            return replace(findings, not_assessable=reason)
+        with self._stage("classifier"):
+            probability, raw_cam = self._classify(prepared)
+        classification = Classification(probability, self.options.threshold)
+        with self._stage("localization"):
+            cam = upsample_cam(raw_cam, prepared.hu.shape, prepared.lungs)
+            found = localize(cam, prepared.hu, prepared.lungs, self.options.min_lesion_score, prepared.grid.voxel_ml)
+            lesion_labels, lesions = (
+                _lesions_on_original(volume, prepared, found) if classification.positive else (None, ())
+            )
+            cam_original = to_original(volume, prepared.grid, cam)
+        logger.info(
+            "COVID-19 probability %.3f (%s at %.2f), %d lesions, lungs %.0f ml",
+            probability,
+            "positive" if classification.positive else "negative",
+            classification.threshold,
+            len(lesions),
+            lungs.total_ml,
+        )
+        return replace(
+            findings,
+            classification=classification,
+            lesions=lesions,
+            lesion_labels=lesion_labels,
+            cam=np.round(np.clip(cam_original, 0.0, 1.0) * 255.0).astype(np.uint8),
+        )
+
+    def _classify(self, prepared: ClassifierInput) -> tuple[float, torch.Tensor]:
+        x = pad_slices(prepared.tensor()).to(self.device)
+        with torch.inference_mode():
+            logits, cam = self.decovnet.forward_with_cam(x)
+            probability = torch.softmax(logits, dim=1)[0, COVID].item()
+        return probability, cam[:, : _feature_depth(prepared.hu.shape[0])]
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - started
+
+
+def _feature_depth(slices: int) -> int:
+    """CAM slices that belong to real input slices (padding for very short scans excluded)."""
+    return max(1, slices // 2)
+
+
+def _lesions_on_original(
+    volume: CTVolume, prepared: ClassifierInput, found: Localization
+) -> tuple[np.ndarray | None, tuple[Lesion, ...]]:
+    """Candidates mapped onto the original slices, measured there; vanished ones dropped."""
+    if not found.candidates:
+        return None, ()
+    mapped = to_original(volume, prepared.grid, found.labels, labels=True)
+    grid = VoxelGrid.of(volume)
+    index = np.arange(1, len(found.candidates) + 1)
+    counts = np.bincount(mapped.ravel(), minlength=len(index) + 1)
+    labels = np.zeros(mapped.shape, dtype=np.uint16)
+    lesions = []
+    for candidate in found.candidates:
+        if counts[candidate.label] == 0:
+            continue
+        new = len(lesions) + 1
+        voxels = mapped == candidate.label
+        labels[voxels] = new
+        centre_index = np.array(np.nonzero(voxels), dtype=float).mean(axis=1)
+        centre = grid.origin + centre_index @ grid.steps
+        lesions.append(
+            Lesion(
+                label=new,
+                score=round(candidate.score, 4),
+                volume_ml=float(counts[candidate.label]) * volume.voxel_volume_ml,
+                centre_mm=tuple(float(c) for c in centre),  # type: ignore[arg-type]
+                mean_hu=float(volume.hu[voxels].mean()),
+                primary=candidate.primary,
+            )
+        )
+    return (labels if lesions else None), tuple(lesions)
+
+
+def _algorithm_version(manifest: dict[str, Any], options: AnalysisOptions) -> str:
+    """Package version plus a digest of the weights and of the options that change the results.
+
+    The node derives its result UIDs from the algorithm version: retrained weights or another
+    threshold must give new UIDs, or a PACS would keep the old objects and ignore the new ones.
+    """
+    identity = [manifest.get(name, {}).get("sha256", "") for name in (LUNG_UNET, DECOVNET)]
+    identity += [repr(options.threshold), repr(options.min_lesion_score)]
+    digest = hashlib.sha256("|".join(identity).encode()).hexdigest()[:8]
+    return f"{package_version()}+{digest}"
+
+
+@lru_cache(maxsize=1)
+def default_analyzer() -> Analyzer:
+    return Analyzer()
 
 
 def analyze(volume: CTVolume) -> Findings:
-    """Segment the lungs of ``volume`` and measure them.
-
-    Never raises for a volume without lungs: the label map is then all background and the
-    volumes are zero.
-    """
-    labels = segment_lungs(volume)
-    lungs = lung_volumes(labels, volume.voxel_volume_ml)
-    logger.info(
-        "lungs: total %.0f ml, right %s ml, left %s ml",
-        lungs.total_ml,
-        _ml(lungs.right_ml),
-        _ml(lungs.left_ml),
-    )
-    return Findings(
-        lung_labels=labels,
-        lungs=lungs,
-        algorithm_name=ALGORITHM_NAME,
-        algorithm_version=package_version(),
-        algorithm_family=AlgorithmFamily.MORPHOLOGICAL_OPERATIONS,
-    )
+    """:meth:`Analyzer.analyze` with the default options and the shipped weights."""
+    return default_analyzer().analyze(volume)
 
 
 def lung_volumes(labels: np.ndarray, voxel_ml: float) -> LungVolumes:
@@ -57,7 +198,3 @@ def lung_volumes(labels: np.ndarray, voxel_ml: float) -> LungVolumes:
         left_ml=left if separated else None,
         total_ml=total,
     )
-
-
-def _ml(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}"

@@ -8,6 +8,7 @@ in mm so that anisotropic voxels behave like isotropic ones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +35,18 @@ class VoxelGrid:
 
     @classmethod
     def of(cls, volume: CTVolume) -> VoxelGrid:
-        direction = np.asarray(volume.direction, dtype=float)
-        spacing = np.asarray(volume.spacing, dtype=float)
+        return cls.from_geometry(volume.spacing, volume.origin, volume.direction)
+
+    @classmethod
+    def from_geometry(
+        cls, spacing: Sequence[float], origin: Sequence[float], direction: np.ndarray | Sequence[float]
+    ) -> VoxelGrid:
+        """From SimpleITK-ordered geometry: spacing and origin (x, y, z), direction 3x3 (columns)."""
+        direction = np.asarray(direction, dtype=float).reshape(3, 3)
+        spacing = np.asarray(spacing, dtype=float)
         # numpy axes (z, y, x) are image axes (2, 1, 0): direction columns 2, 1, 0.
         steps = np.stack([direction[:, k] * spacing[k] for k in (2, 1, 0)])
-        return cls(np.asarray(volume.origin, dtype=float), steps)
+        return cls(np.asarray(origin, dtype=float), steps)
 
     @property
     def spacing(self) -> np.ndarray:

@@ -72,11 +72,60 @@ class AlgorithmFamily(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Classification:
+    """DeCoVNet's answer: the probability of COVID-19 pneumonia and the call at ``threshold``."""
+
+    probability: float
+    threshold: float
+
+    @property
+    def positive(self) -> bool:
+        return self.probability >= self.threshold
+
+
+GROUND_GLASS_MAX_HU = -300.0
+"""Ground glass lets the vessels show through (about -700 to -300 HU); consolidation is denser."""
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One localized lesion candidate (METHOD step 9).
+
+    ``label`` is its value in :attr:`Findings.lesion_labels`. ``score`` is the mean class
+    activation (0..1) over its voxels. ``primary`` marks the candidate with the greatest overlap
+    with the unsupervised 3-D component R3dcc (the paper's single localized lesion).
+    ``centre_mm`` is the centroid in patient LPS coordinates. ``mean_hu`` tells ground glass
+    (about -700 to -300 HU) from consolidation (denser).
+    """
+
+    label: int
+    score: float
+    volume_ml: float
+    centre_mm: tuple[float, float, float]
+    mean_hu: float
+    primary: bool = False
+
+    @property
+    def ground_glass(self) -> bool:
+        return self.mean_hu < GROUND_GLASS_MAX_HU
+
+    @property
+    def kind(self) -> str:
+        """"ground glass" or "consolidation", by mean density."""
+        return "ground glass" if self.ground_glass else "consolidation"
+
+
+@dataclass(frozen=True)
 class Findings:
     """What the analysis found in one volume.
 
     ``lung_labels`` has the shape of the input volume's ``hu`` and holds :class:`LungLabel`
-    values. Later versions add the COVID-19 probability, lesions and CAM as optional fields.
+    values. The optional fields are empty when the classifier did not run:
+    - ``classification``: None when no classifier is installed or the scan is not assessable;
+    - ``not_assessable``: the reason no probability is given (no plausible pair of lungs,
+      lungs cut off, too few slices), else None;
+    - ``lesion_labels``: uint16 map like ``lung_labels``, value ``i`` for ``lesions[i-1]``;
+    - ``cam``: the class activation map on the input grid, uint8 (0..255 for 0..1).
     """
 
     lung_labels: np.ndarray
@@ -84,3 +133,19 @@ class Findings:
     algorithm_name: str
     algorithm_version: str
     algorithm_family: AlgorithmFamily
+    classification: Classification | None = None
+    not_assessable: str | None = None
+    lesions: tuple[Lesion, ...] = ()
+    lesion_labels: np.ndarray | None = None
+    cam: np.ndarray | None = None
+
+    @property
+    def lesion_volume_ml(self) -> float:
+        return float(sum(lesion.volume_ml for lesion in self.lesions))
+
+    @property
+    def involvement_percent(self) -> float | None:
+        """Total lesion volume as a percentage of the total lung volume (None without lungs)."""
+        if self.lungs.total_ml <= 0:
+            return None
+        return 100.0 * self.lesion_volume_ml / self.lungs.total_ml

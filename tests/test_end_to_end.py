@@ -87,6 +87,20 @@ def lung_volumes_ml(sr: pydicom.Dataset) -> dict[str, float]:
     return volumes
 
 
+PROBABILITY = "122157"  # DCM "Probability"
+
+
+def numeric_value(sr: pydicom.Dataset, concept: str) -> float:
+    """The first numeric item named ``concept`` anywhere in the report's content tree."""
+    pending = list(sr.ContentSequence)
+    while pending:
+        item = pending.pop(0)
+        if item.ValueType == "NUM" and item.ConceptNameCodeSequence[0].CodeValue == concept:
+            return float(item.MeasuredValueSequence[0].NumericValue)
+        pending.extend(getattr(item, "ContentSequence", []))
+    raise AssertionError(f"no numeric item {concept} in the report")
+
+
 @pytest.fixture
 def peers(tmp_path: Path):
     node_port = free_port()
@@ -102,7 +116,8 @@ def destinations(storescp: StoreSCP, orthanc: OrthancPACS) -> list[str]:
 
 
 def test_real_chest_ct_series_come_back_as_seg_and_sr(tmp_path: Path, peers) -> None:  # type: ignore[no-untyped-def]
-    """LIDC (explicit LE) and RICORD (JPEG lossless) in, one SEG + one SR per series out, twice."""
+    """LIDC (explicit LE) and RICORD (JPEG lossless) in, one SEG + one SR per series out, twice:
+    RICORD (COVID-19) positive with lesion segments, LIDC negative without."""
     lidc = require_path(Path(__file__).resolve().parents[1].parent / "shared/data/ct/lidc-idri-0001")
     ricord = require_path(lidc.parent / "ricord1a-000082-covid")
     node_port, storescp, orthanc = peers
@@ -120,6 +135,7 @@ def test_real_chest_ct_series_come_back_as_seg_and_sr(tmp_path: Path, peers) -> 
 
     received = results_by_series(storescp.directory)
     sources = {pydicom.dcmread(next(d.iterdir()), stop_before_pixels=True).SeriesInstanceUID for d in (lidc, ricord)}
+    covid_series = pydicom.dcmread(next(ricord.iterdir()), stop_before_pixels=True).SeriesInstanceUID
     assert sources <= set(received)
     assert len(storescp.files()) == 4  # exactly one SEG and one SR per series
     for path in storescp.files():
@@ -128,11 +144,17 @@ def test_real_chest_ct_series_come_back_as_seg_and_sr(tmp_path: Path, peers) -> 
         seg, sr = received[source]["seg"], received[source]["sr"]
         segmentation = hd.seg.Segmentation.from_dataset(seg)
         labels = {segmentation.get_segment_description(n).SegmentLabel for n in segmentation.segment_numbers}
-        assert labels == {"Right lung", "Left lung"}
+        lesions = {label for label in labels if label.startswith("Lesion")}
+        assert labels - lesions == {"Right lung", "Left lung"}
         volumes = lung_volumes_ml(sr)
         for lung in ("Right lung", "Left lung"):
             assert 1000 <= volumes[lung] <= 4000, (source, volumes)
         assert sr.StudyInstanceUID == seg.StudyInstanceUID
+        probability = numeric_value(sr, PROBABILITY)
+        if source == covid_series:
+            assert probability >= 0.5 and lesions, (probability, labels)
+        else:
+            assert probability < 0.5 and not lesions, (probability, labels)
 
     # Orthanc filed both objects of each series in the study of the source series.
     pacs_series = [orthanc.get(f"/series/{s}") for s in orthanc.get("/series")]

@@ -1,5 +1,8 @@
 """The worker: a job's instances -> volume -> ``inference.analyze`` -> SEG + SR -> outbox.
 
+A scan the analysis cannot assess (no lungs, lungs cut off) is a result, not a failure: its SR
+says so with the reason (without a SEG when there is no lung to show), and the job is done.
+
 Bad input (a volume that cannot be built, findings that cannot be encoded) fails the job at
 once with its reason: retrying cannot make it right. Anything else (a bug, memory) is retried
 a bounded number of times, then the job is failed with its error. Either way the node goes on.

@@ -23,7 +23,8 @@ from dicomnode.encode.identity import MODEL_NAME, result_uid
 from dicomnode.settings import EncodingSettings, Settings
 from dicomnode.volume import SeriesVolume, build_volume
 from factories import PhantomSeries
-from inference.types import AlgorithmFamily, Findings, LungLabel, LungVolumes
+from inference.types import AlgorithmFamily, Classification, Findings, Lesion, LungLabel, LungVolumes
+from peers import dciodvfy_errors
 
 RIGHT_LUNG, LEFT_LUNG, LUNG = "3341006", "44029006", "39607008"
 SETTINGS = Settings()
@@ -159,6 +160,32 @@ def test_seg_frames_reference_their_source_slices(
         seen.add((k, number))
     expected = {(k, n) for n, label in segment_label.items() for k in range(len(index_of)) if np.any(separated.lung_labels[k] == label)}
     assert seen == expected
+
+
+def test_seg_references_every_source_slice(written: tuple[Path, Path], phantom_series: SeriesVolume) -> None:
+    """Also the slices outside the lungs, which highdicom is not given as planes (their frames are empty)."""
+    seg = pydicom.dcmread(written[0], stop_before_pixels=True)
+    slices = {ds.SOPInstanceUID for ds in phantom_series.datasets}
+    assert not all(np.any(lung_mask(phantom_series.volume.hu), axis=(1, 2)))  # the phantom has slices without lung
+    assert {item.ReferencedSOPInstanceUID for item in seg.SourceImageSequence} == slices
+    (series_item,) = seg.ReferencedSeriesSequence
+    assert series_item.SeriesInstanceUID == phantom_series.datasets[0].SeriesInstanceUID
+    assert {item.ReferencedSOPInstanceUID for item in series_item.ReferencedInstanceSequence} == slices
+    spacing = float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices)
+    assert spacing == pytest.approx(phantom_series.volume.spacing[2])
+
+
+@pytest.mark.parametrize("index", [0, 20, -1])
+def test_a_lung_on_one_slice(phantom_series: SeriesVolume, index: int, tmp_path: Path) -> None:
+    labels = np.zeros(phantom_series.volume.hu.shape, dtype=np.uint8)
+    labels[index, 40:50, 20:30] = LungLabel.RIGHT
+    seg, _ = encode_results(phantom_series, findings_for(phantom_series, labels), SETTINGS)
+    assert dciodvfy_errors(save(seg, tmp_path / "seg.dcm")) == []
+    assert seg.NumberOfFrames == 1
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(phantom_series.volume.spacing[2])  # not guessed from one plane
+    source = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert source.ReferencedSOPInstanceUID == phantom_series.datasets[index].SOPInstanceUID
 
 
 def test_seg_identity_from_settings(written: tuple[Path, Path]) -> None:
@@ -393,3 +420,329 @@ def test_real_ricord_series(tmp_path: Path) -> None:
         assert_missing_frames_are_empty=True,
     )
     np.testing.assert_array_equal(mask, labels)
+
+
+# --- the COVID-19 assessment: lesion segments and the scan's group ----------------------------
+
+GROUND_GLASS, CONSOLIDATION, MORPHOLOGICALLY_ABNORMAL = "112120", "95436008", "49755003"
+COVID_19, POSITIVE, NEGATIVE, INDETERMINATE = "840539006", "10828004", "260385009", "82334004"
+PROBABILITY, THRESHOLD, LESION_COUNT, MEAN_HU = "122157", "122411", "246206008", "112181"
+
+
+def ball(shape: tuple[int, ...], centre: tuple[int, int, int], radius: float) -> np.ndarray:
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
+
+
+def assessed_findings(
+    series: SeriesVolume, probability: float | None = 0.87, not_assessable: str | None = None
+) -> Findings:
+    """Separated lungs, two lesions (ground glass in the right lung, primary; consolidation in
+    the left) and DeCoVNet's classification, as the analysis would state them."""
+    base = findings_for(series, split_labels(series))
+    shape = series.volume.hu.shape
+    cz, cy, cx = (n // 2 for n in shape)
+    offset = int(0.2 * shape[2])
+    lesion_labels = np.zeros(shape, dtype=np.uint16)
+    lesion_labels[ball(shape, (cz - 4, cy, cx - offset), 3.0)] = 1  # patient's right: smaller x
+    lesion_labels[ball(shape, (cz + 6, cy + 5, cx + offset), 2.0)] = 2
+    assert not np.any((lesion_labels > 0) & (base.lung_labels == 0))  # both lie inside the lungs
+    voxel_ml = series.volume.voxel_volume_ml
+    lesions = tuple(
+        Lesion(
+            label=label,
+            score=score,
+            volume_ml=float(np.count_nonzero(lesion_labels == label)) * voxel_ml,
+            centre_mm=(0.0, 0.0, 0.0),
+            mean_hu=mean_hu,
+            primary=label == 1,
+        )
+        for label, score, mean_hu in ((1, 0.81, -620.0), (2, 0.55, -80.0))
+    )
+    return dataclasses.replace(
+        base,
+        algorithm_name="DeCoVNet",
+        algorithm_version="2.0",
+        algorithm_family=AlgorithmFamily.ARTIFICIAL_INTELLIGENCE,
+        classification=None if probability is None else Classification(probability=probability, threshold=0.5),
+        not_assessable=not_assessable,
+        lesions=() if not_assessable else lesions,
+        lesion_labels=None if not_assessable else lesion_labels,
+    )
+
+
+@pytest.fixture(scope="module")
+def assessed(phantom_series: SeriesVolume) -> Findings:
+    return assessed_findings(phantom_series)
+
+
+@pytest.fixture(scope="module")
+def assessed_written(
+    phantom_series: SeriesVolume, assessed: Findings, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    seg, sr = encode_results(phantom_series, assessed, SETTINGS)
+    directory = tmp_path_factory.mktemp("assessed")
+    return save(seg, directory / "seg.dcm"), save(sr, directory / "sr.dcm")
+
+
+def one(items: list) -> object:  # type: ignore[type-arg]
+    (item,) = items
+    return item
+
+
+def call_of(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> str:
+    """The code of the group's one COVID-19 qualitative evaluation (the call)."""
+    return one([e.value.value for e in group.get_qualitative_evaluations() if e.name.value == COVID_19])
+
+
+def test_assessed_seg_and_sr_pass_dciodvfy(assessed_written: tuple[Path, Path]) -> None:
+    for path in assessed_written:
+        assert dciodvfy_errors(path) == [], path.name
+
+
+def test_lesion_segments_follow_the_lung_segments(assessed_written: tuple[Path, Path]) -> None:
+    seg = hd.seg.segread(assessed_written[0])
+    assert seg.SegmentsOverlap == "YES"  # the lesions lie inside the lungs
+    described = [
+        (
+            item.SegmentNumber,
+            item.SegmentLabel,
+            item.SegmentedPropertyCategoryCodeSequence[0].CodeValue,
+            item.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+        )
+        for item in seg.SegmentSequence
+    ]
+    assert described == [
+        (1, "Right lung", "91723000", RIGHT_LUNG),
+        (2, "Left lung", "91723000", LEFT_LUNG),
+        (3, "Lesion 1 (ground glass, primary)", MORPHOLOGICALLY_ABNORMAL, GROUND_GLASS),
+        (4, "Lesion 2 (consolidation)", MORPHOLOGICALLY_ABNORMAL, CONSOLIDATION),
+    ]
+    lesions = seg.SegmentSequence[2:]
+    assert [item.AnatomicRegionSequence[0].CodeValue for item in lesions] == [RIGHT_LUNG, LEFT_LUNG]
+    for item in seg.SegmentSequence:
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("DeCoVNet", "2.0")
+        assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == codes.cid7162.ArtificialIntelligence.value
+    colours = [tuple(item.RecommendedDisplayCIELabValue) for item in seg.SegmentSequence]
+    assert len(set(colours)) == len(colours)
+
+
+def test_lesion_masks_round_trip(
+    assessed_written: tuple[Path, Path], phantom_series: SeriesVolume, assessed: Findings
+) -> None:
+    seg = hd.seg.segread(assessed_written[0])
+    sop_uids = [ds.SOPInstanceUID for ds in phantom_series.datasets]
+    lungs = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=sop_uids,
+        segment_numbers=[1, 2],
+        combine_segments=True,
+        assert_missing_frames_are_empty=True,
+    )
+    np.testing.assert_array_equal(lungs, assessed.lung_labels)
+    lesions = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=sop_uids, segment_numbers=[3, 4], assert_missing_frames_are_empty=True
+    )
+    assert assessed.lesion_labels is not None
+    for index, label in enumerate((1, 2)):
+        np.testing.assert_array_equal(lesions[..., index], assessed.lesion_labels == label)
+
+
+def test_sr_assesses_the_scan(assessed_written: tuple[Path, Path], assessed: Findings) -> None:
+    sr = hd.sr.srread(assessed_written[1])
+    scheme = one(list(sr.CodingSchemeIdentificationSequence))
+    assert scheme.CodingSchemeDesignator == "99DECOV" and scheme.CodingSchemeName
+    total, assessment = sr.content.get_image_measurement_groups()
+    assert total.finding_type.value == LUNG
+    assert assessment.finding_type.value == COVID_19
+    by_name = {m.name.value: m for m in assessment.get_measurements()}
+    assert by_name[PROBABILITY].value == pytest.approx(0.87) and by_name[PROBABILITY].unit.value == "1"
+    assert by_name[THRESHOLD].value == pytest.approx(0.5)
+    assert call_of(assessment) == POSITIVE
+    assert by_name[LESION_COUNT].value == 2
+    assert by_name["LESION-VOLUME"].name.scheme_designator == "99DECOV"
+    assert by_name["LESION-VOLUME"].value == pytest.approx(assessed.lesion_volume_ml)
+    assert by_name["LESION-VOLUME"].unit.value == "ml"
+    assert by_name["LUNG-INVOLVEMENT"].value == pytest.approx(assessed.involvement_percent)
+    assert by_name["LUNG-INVOLVEMENT"].unit.value == "%"
+
+
+def test_sr_has_one_group_per_lesion_referencing_its_segment(
+    assessed_written: tuple[Path, Path], assessed: Findings
+) -> None:
+    seg = pydicom.dcmread(assessed_written[0], stop_before_pixels=True)
+    groups = hd.sr.srread(assessed_written[1]).content.get_volumetric_roi_measurement_groups()
+    assert [g.finding_type.value for g in groups] == [RIGHT_LUNG, LEFT_LUNG, GROUND_GLASS, CONSOLIDATION]
+    for group, lesion, number in zip(groups[2:], assessed.lesions, (3, 4)):
+        assert group.referenced_segment.referenced_segment_numbers == [number]
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert group.tracking_uid == seg.SegmentSequence[number - 1].TrackingUID
+        assert group.tracking_identifier == seg.SegmentSequence[number - 1].SegmentLabel
+        assert group.finding_category.value == MORPHOLOGICALLY_ABNORMAL
+        by_name = {m.name.value: m for m in group.get_measurements()}
+        assert by_name[codes.SCT.Volume.value].value == pytest.approx(lesion.volume_ml)
+        assert by_name["MEAN-ACTIVATION"].value == pytest.approx(lesion.score)
+        assert by_name[MEAN_HU].value == pytest.approx(lesion.mean_hu)
+        assert by_name[MEAN_HU].unit.value == "[hnsf'U]"
+
+
+def test_a_negative_call(phantom_series: SeriesVolume) -> None:
+    _, sr = encode_results(phantom_series, assessed_findings(phantom_series, probability=0.2), SETTINGS)
+    _, assessment = sr_content(sr).get_image_measurement_groups()
+    assert call_of(assessment) == NEGATIVE
+
+
+def sr_content(sr: Dataset) -> hd.sr.MeasurementReport:
+    return hd.sr.Comprehensive3DSR.from_dataset(sr).content
+
+
+def test_not_assessable(phantom_series: SeriesVolume, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No probability, no lesions: the call is indeterminate and the reason is written as text."""
+    findings = assessed_findings(phantom_series, probability=None, not_assessable="lungs cut off at the apex")
+    caplog.set_level(logging.INFO)
+    seg, sr = encode_results(phantom_series, findings, SETTINGS)
+    seg_path, sr_path = save(seg, tmp_path / "seg.dcm"), save(sr, tmp_path / "sr.dcm")
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["Right lung", "Left lung"]
+    report = hd.sr.srread(sr_path).content
+    _, assessment = report.get_image_measurement_groups()
+    assert assessment.get_measurements() == []
+    assert call_of(assessment) == INDETERMINATE
+    contained = [item for item in assessment[0].ContentSequence if item.RelationshipType == "CONTAINS"]
+    texts = [item.TextValue for item in contained if item.ValueType == "TEXT"]
+    assert texts == ["Not assessable: lungs cut off at the apex"]
+    assert len(report.get_volumetric_roi_measurement_groups()) == 2
+    assert "not assessable (lungs cut off at the apex)" in caplog.text
+
+
+NO_LUNGS = "no lungs found (not a chest CT, or the lungs are outside the field of view)"
+
+
+def lungless_findings(series: SeriesVolume) -> Findings:
+    """What the analysis states for a scan without lungs: an empty map, not assessable."""
+    empty = np.zeros(series.volume.hu.shape, dtype=np.uint8)
+    return dataclasses.replace(
+        findings_for(series, empty),
+        algorithm_name="DeCoVNet",
+        algorithm_version="2.0",
+        algorithm_family=AlgorithmFamily.ARTIFICIAL_INTELLIGENCE,
+        not_assessable=NO_LUNGS,
+    )
+
+
+def test_a_scan_without_lungs_gets_a_report_alone(
+    phantom_series: SeriesVolume, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No SEG (nothing to segment); the SR says "indeterminate" with the reason and cites the CT only."""
+    caplog.set_level(logging.INFO)
+    (sr,) = encode_results(phantom_series, lungless_findings(phantom_series), SETTINGS)
+    path = save(sr, tmp_path / "sr.dcm")
+    assert dciodvfy_errors(path) == []
+    read = hd.sr.srread(path)
+    assert read.SeriesDescription == SETTINGS.encoding.sr_series_description
+    ct_series = phantom_series.datasets[0].SeriesInstanceUID
+    assert sorted(read.get_evidence()) == sorted(
+        (ds.StudyInstanceUID, ct_series, ds.SOPInstanceUID, ds.SOPClassUID) for ds in phantom_series.datasets
+    )
+    assert {ds.SOPClassUID for ds in phantom_series.datasets} == {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image
+    report = read.content
+    assert report.get_volumetric_roi_measurement_groups() == []  # no segment to reference
+    assessment = one(report.get_image_measurement_groups())  # no lung volume: no lung was measured
+    assert assessment.finding_type.value == COVID_19
+    assert assessment.get_measurements() == []
+    assert call_of(assessment) == INDETERMINATE
+    contained = [item for item in assessment[0].ContentSequence if item.RelationshipType == "CONTAINS"]
+    assert [item.TextValue for item in contained if item.ValueType == "TEXT"] == [f"Not assessable: {NO_LUNGS}"]
+    assert "CodingSchemeIdentificationSequence" not in read
+    assert f"not assessable ({NO_LUNGS})" in caplog.text
+    again = encode_results(phantom_series, lungless_findings(phantom_series), SETTINGS)
+    assert uids(again) == uids([sr])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: dataclasses.replace(f, not_assessable=None), "no lung found"),
+        (
+            lambda f: dataclasses.replace(
+                f, lesions=(Lesion(1, 0.5, 1.0, (0.0, 0.0, 0.0), -600.0),), lesion_labels=np.ones_like(f.lung_labels)
+            ),
+            "lesions but no lung",
+        ),
+    ],
+)
+def test_no_lung_without_a_reason_or_with_lesions_is_an_encoding_error(
+    phantom_series: SeriesVolume, change, message: str  # type: ignore[no-untyped-def]
+) -> None:
+    with pytest.raises(EncodingError, match=message):
+        encode_results(phantom_series, change(lungless_findings(phantom_series)), SETTINGS)
+
+
+def test_a_report_without_a_seg_is_only_for_a_scan_without_lungs(
+    phantom_series: SeriesVolume, assessed: Findings
+) -> None:
+    with pytest.raises(EncodingError, match="needs their SEG"):
+        encode_sr(phantom_series, None, assessed, SETTINGS)
+
+
+def test_lung_only_findings_have_no_assessment(written: tuple[Path, Path]) -> None:
+    sr = pydicom.dcmread(written[1])
+    assert "CodingSchemeIdentificationSequence" not in sr
+    assert len(hd.sr.srread(written[1]).content.get_image_measurement_groups()) == 1
+
+
+def test_lesion_numbers_follow_an_unseparated_lung(phantom_series: SeriesVolume) -> None:
+    findings = assessed_findings(phantom_series)
+    unseparated = np.where(findings.lung_labels > 0, LungLabel.UNSEPARATED, LungLabel.BACKGROUND).astype(np.uint8)
+    findings = dataclasses.replace(
+        findings, lung_labels=unseparated, lungs=LungVolumes(None, None, findings.lungs.total_ml)
+    )
+    seg, sr = encode_results(phantom_series, findings, SETTINGS)
+    assert [(i.SegmentNumber, i.SegmentLabel) for i in seg.SegmentSequence] == [
+        (1, "Lung"), (2, "Lesion 1 (ground glass, primary)"), (3, "Lesion 2 (consolidation)")
+    ]
+    assert [i.AnatomicRegionSequence[0].CodeValue for i in seg.SegmentSequence[1:]] == [LUNG, LUNG]
+    groups = sr_content(sr).get_volumetric_roi_measurement_groups()
+    assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[1], [2], [3]]
+
+
+def test_assessed_identities_are_deterministic(phantom_series: SeriesVolume, assessed: Findings) -> None:
+    first = encode_results(phantom_series, assessed, SETTINGS)
+    again = encode_results(phantom_series, assessed, SETTINGS)
+    assert uids(first) == uids(again)
+    assert [i.TrackingUID for i in first[0].SegmentSequence] == [i.TrackingUID for i in again[0].SegmentSequence]
+    assert len({i.TrackingUID for i in first[0].SegmentSequence}) == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: dataclasses.replace(f, lesion_labels=None), "no lesion label map"),
+        (lambda f: dataclasses.replace(f, lesions=f.lesions[:1]), "lesion labels must be 0..1"),
+        (lambda f: dataclasses.replace(f, lesions=(f.lesions[1], f.lesions[0])), "must have label i"),
+        (
+            lambda f: dataclasses.replace(f, lesion_labels=np.where(f.lesion_labels == 2, 0, f.lesion_labels)),
+            "lesion 2 has no voxels",
+        ),
+        (lambda f: dataclasses.replace(f, lesion_labels=f.lesion_labels[1:]), "shape"),
+    ],
+)
+def test_lesions_that_do_not_match_their_map_are_encoding_errors(
+    phantom_series: SeriesVolume, assessed: Findings, change, message: str  # type: ignore[no-untyped-def]
+) -> None:
+    with pytest.raises(EncodingError, match=message):
+        encode_results(phantom_series, change(assessed), SETTINGS)
+
+
+def test_encode_sr_rejects_a_seg_of_other_lesions(
+    assessed_written: tuple[Path, Path], phantom_series: SeriesVolume, assessed: Findings
+) -> None:
+    seg = hd.seg.segread(assessed_written[0])
+    fewer = dataclasses.replace(
+        assessed,
+        lesions=assessed.lesions[:1],
+        lesion_labels=np.where(assessed.lesion_labels == 2, 0, assessed.lesion_labels),
+    )
+    with pytest.raises(EncodingError, match="not the findings' lesions"):
+        encode_sr(phantom_series, seg, fewer, SETTINGS)

@@ -8,6 +8,7 @@ import pytest
 
 from dicomnode.cli import main
 from dicomnode.settings import (
+    AnalysisSettings,
     ConfigError,
     DicomDestination,
     FolderDestination,
@@ -15,6 +16,7 @@ from dicomnode.settings import (
     settings_from_dict,
     with_overrides,
 )
+from inference.options import SHIPPED_WEIGHTS, AnalysisOptions
 
 
 def test_default_configuration_listens_on_11112_and_writes_to_a_folder() -> None:
@@ -41,6 +43,16 @@ def test_default_configuration_listens_on_11112_and_writes_to_a_folder() -> None
         ({"destinations": [{"type": "dicom", "ae_title": "PACS", "host": "h"}]}, "destinations[0].port"),
         ({"destinations": [{"type": "ftp"}]}, "destinations[0].type"),
         ({"logging": {"level": "LOUD"}}, "logging.level"),
+        ({"analysis": {"threshold": 0}}, "analysis.threshold"),
+        ({"analysis": {"threshold": 1.0}}, "analysis.threshold"),
+        ({"analysis": {"threshold": 1.5}}, "analysis.threshold"),
+        ({"analysis": {"threshold": "0.5"}}, "analysis.threshold"),
+        ({"analysis": {"min_lesion_score": 1.2}}, "analysis.min_lesion_score"),
+        ({"analysis": {"threads": -1}}, "analysis.threads"),
+        ({"analysis": {"threads": 2.5}}, "analysis.threads"),
+        ({"analysis": {"device": "gpu"}}, "analysis.device"),
+        ({"analysis": {"weights_dir": 3}}, "analysis.weights_dir"),
+        ({"analysis": {"treshold": 0.5}}, "analysis.treshold"),
         ({"nodes": {}}, "nodes"),
     ],
 )
@@ -92,3 +104,33 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     broken.write_text("[node\n")
     assert main(["check-config", "--config", str(broken)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_analysis_defaults_use_the_shipped_weights() -> None:
+    settings = load_settings()
+    assert settings.analysis == AnalysisSettings()
+    assert settings.analysis.options() == AnalysisOptions(
+        threshold=0.5, min_lesion_score=0.3, threads=None, device="auto", weights_dir=SHIPPED_WEIGHTS
+    )
+
+
+def test_analysis_settings_become_analysis_options() -> None:
+    settings = settings_from_dict(
+        {
+            "analysis": {
+                "threshold": 0.7,
+                "min_lesion_score": 0,
+                "threads": 4,
+                "device": "cpu",
+                "weights_dir": "site-weights",
+            }
+        }
+    )
+    assert settings.analysis.options() == AnalysisOptions(
+        threshold=0.7, min_lesion_score=0.0, threads=4, device="cpu", weights_dir=Path.cwd() / "site-weights"
+    )
+
+
+def test_bad_threshold_message_names_the_key_and_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"^analysis\.threshold: must be a number strictly between 0 and 1, got 1$"):
+        settings_from_dict({"analysis": {"threshold": 1}})

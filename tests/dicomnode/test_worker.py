@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import logging
 from pathlib import Path
 
+import numpy as np
 import pydicom
+import pytest
 
 from dicomnode.assembly import Assembler
 from dicomnode.jobs.worker import Worker
@@ -16,6 +20,7 @@ from dicomnode.settings import FolderDestination, Settings
 from dicomnode.status import Status
 from factories import PhantomSeries
 from inference import CTVolume, Findings, analyze
+from inference.types import AlgorithmFamily, LungVolumes
 
 
 def settings_for(tmp_path: Path) -> Settings:
@@ -94,7 +99,14 @@ def test_input_that_can_never_be_analysed_fails_at_once(tmp_path: Path) -> None:
     assert job["reason"].startswith("VolumeError: ") and "cannot be decoded" in job["reason"]
 
 
-def test_a_volume_without_lungs_fails_with_its_reason(tmp_path: Path) -> None:
+def texts_of(item: pydicom.Dataset) -> list[str]:
+    """Every TEXT value in an SR content tree."""
+    own = [item.TextValue] if item.get("ValueType") == "TEXT" else []
+    return own + [text for child in item.get("ContentSequence", []) for text in texts_of(child)]
+
+
+def test_a_volume_without_lungs_is_reported_not_assessable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No lungs: the job is done and sends an SR alone (nothing to segment) with the reason."""
     settings = settings_for(tmp_path)
     state = State.open(settings)
 
@@ -104,8 +116,28 @@ def test_a_volume_without_lungs_fails_with_its_reason(tmp_path: Path) -> None:
             volume[volume < -500] = 40.0  # soft tissue everywhere: no air, no lung
             return volume
 
+    reason = "no lungs found (not a chest CT, or the lungs are outside the field of view)"
+
+    def no_lungs(volume: CTVolume) -> Findings:  # what inference.api.Analyzer returns for such a scan
+        return Findings(
+            lung_labels=np.zeros(volume.hu.shape, dtype=np.uint8),
+            lungs=LungVolumes(right_ml=None, left_ml=None, total_ml=0.0),
+            algorithm_name="DeCoVNet",
+            algorithm_version="test",
+            algorithm_family=AlgorithmFamily.ARTIFICIAL_INTELLIGENCE,
+            not_assessable=reason,
+        )
+
     queued_job(state, settings, SolidPhantom())
-    Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, analyze).run_once()
+    caplog.set_level(logging.INFO)
+    Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, no_lungs).run_once()
     (job,) = jobs(state)
-    assert job["state"] == "failed" and job["attempts"] == 1
-    assert job["reason"].startswith("EncodingError: ") and "no lung" in job["reason"]
+    assert job["state"] == "done" and job["attempts"] == 1 and job["reason"] is None
+    assert json.loads(job["summary"])["not_assessable"] == reason
+    rows = state.db.query("SELECT destination, path FROM outbox ORDER BY destination, path")
+    assert [r["destination"] for r in rows] == ["a", "b"]
+    for row in rows:
+        sr = pydicom.dcmread(state.layout.outbox / row["path"])
+        assert sr.Modality == "SR"
+        assert f"Not assessable: {reason}" in texts_of(sr)
+    assert reason in caplog.text

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from conftest import SHARED_DATA, require_path
+from inference.io import read_volume
 from inference.types import CTVolume
 
 CT = SHARED_DATA / "ct"
@@ -131,31 +130,6 @@ def make_phantom() -> Callable[..., Phantom]:
     return build_phantom
 
 
-def read_series(directory: Path) -> CTVolume:
-    """A DICOM series as a CTVolume, read with SimpleITK (test-side only: no pydicom in inference).
-
-    SimpleITK sorts the slices along the normal, applies RescaleSlope/Intercept and decodes
-    JPEG lossless, JPEG-LS and JPEG 2000 through GDCM; padding stays at its rescaled value
-    (at or below -2000 HU), which the segmentation treats as air outside the field of view.
-    """
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory))
-    if not files:
-        raise FileNotFoundError(f"no DICOM series in {directory}")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return image_to_volume(reader.Execute())
-
-
-def image_to_volume(image: sitk.Image) -> CTVolume:
-    """SimpleITK image (LPS geometry, also for NIfTI) to CTVolume: the conventions are the same."""
-    return CTVolume(
-        hu=sitk.GetArrayFromImage(image).astype(np.int16),
-        spacing=image.GetSpacing(),
-        origin=image.GetOrigin(),
-        direction=np.array(image.GetDirection()).reshape(3, 3),
-    )
-
-
 @pytest.fixture(scope="session")
 def real_series() -> Callable[[str], CTVolume]:
     """Reads ``../shared/data/ct/<name>`` (cached: several tests use the same scan)."""
@@ -163,7 +137,7 @@ def real_series() -> Callable[[str], CTVolume]:
 
     def load(name: str) -> CTVolume:
         if name not in cache:
-            cache[name] = read_series(require_path(CT / name))
+            cache[name] = read_volume(require_path(CT / name))
         return cache[name]
 
     return load
@@ -174,6 +148,6 @@ def real_nifti() -> Callable[[str], CTVolume]:
     """Reads the image or mask ``../shared/data/ct/<relative path>`` (NIfTI) as a CTVolume."""
 
     def load(relative: str) -> CTVolume:
-        return image_to_volume(sitk.ReadImage(str(require_path(CT / relative))))
+        return read_volume(require_path(CT / relative))
 
     return load

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import inference
 import inference.version
 from inference import api
-from inference.version import package_version
+from inference.options import AnalysisOptions
 from inference.types import LungLabel
+from inference.version import package_version
 
 # Fixtures (tests/inference/conftest.py): ``phantom`` and ``make_phantom``.
 
@@ -27,10 +29,15 @@ def findings(phantom) -> inference.Findings:
 def test_findings_carry_the_labels_and_the_volumes(phantom, findings: inference.Findings) -> None:
     assert findings.lung_labels.shape == phantom.volume.hu.shape
     assert findings.lungs.separated
-    assert findings.lungs.right_ml == pytest.approx(phantom.right_ml, rel=0.03)
-    assert findings.lungs.left_ml == pytest.approx(phantom.left_ml, rel=0.03)
+    assert findings.lungs.right_ml == pytest.approx(phantom.right_ml, rel=0.1)
+    assert findings.lungs.left_ml == pytest.approx(phantom.left_ml, rel=0.1)
     lungs = findings.lungs
     assert lungs.total_ml == pytest.approx(lungs.right_ml + lungs.left_ml)
+
+
+def test_the_right_lung_is_on_the_patients_right(phantom, findings: inference.Findings) -> None:
+    right = findings.lung_labels == LungLabel.RIGHT
+    assert (right & phantom.right).sum() > 0.9 * right.sum()
 
 
 def test_volumes_are_voxel_counts_times_voxel_volume(phantom, findings: inference.Findings) -> None:
@@ -38,10 +45,49 @@ def test_volumes_are_voxel_counts_times_voxel_volume(phantom, findings: inferenc
     assert findings.lungs.right_ml == right_voxels * phantom.volume.voxel_volume_ml
 
 
+def test_a_probability_and_a_cam_come_with_the_findings(phantom, findings: inference.Findings) -> None:
+    assert findings.not_assessable is None
+    assert findings.classification is not None
+    assert 0.0 <= findings.classification.probability <= 1.0
+    assert findings.classification.threshold == 0.5
+    assert findings.cam is not None and findings.cam.shape == phantom.volume.hu.shape
+    assert findings.cam.dtype == np.uint8  # all zero when nothing speaks for COVID-19 (ReLU)
+    # The CAM lies on the lung box only: nothing far outside the body.
+    assert not findings.cam[:, :5, :].any()
+
+
 def test_algorithm_identity(findings: inference.Findings) -> None:
-    assert findings.algorithm_name == "Unsupervised lung segmentation"
-    assert findings.algorithm_version == package_version()
-    assert findings.algorithm_family is inference.AlgorithmFamily.MORPHOLOGICAL_OPERATIONS
+    assert findings.algorithm_name == "DeCoVNet"
+    assert findings.algorithm_version.startswith(package_version() + "+")
+    assert findings.algorithm_family is inference.AlgorithmFamily.ARTIFICIAL_INTELLIGENCE
+
+
+def test_another_threshold_is_another_algorithm_version() -> None:
+    """The node's result UIDs come from the version: other results must get other UIDs."""
+    default = api.default_analyzer()
+    other = api.Analyzer(AnalysisOptions(threshold=0.7))
+    assert other.version != default.version
+    assert api.Analyzer(AnalysisOptions()).version == default.version
+
+
+def test_models_are_loaded_once() -> None:
+    assert api.default_analyzer() is api.default_analyzer()
+
+
+def test_threads_are_configurable() -> None:
+    before = torch.get_num_threads()
+    try:
+        api.Analyzer(AnalysisOptions(threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cuda_asked_for_without_a_gpu_is_an_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        api.Analyzer(AnalysisOptions(device="cuda"))
 
 
 def test_version_comes_from_the_installed_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,11 +119,12 @@ def test_unseparated_lungs_have_no_side_volumes() -> None:
     assert volumes.total_ml == pytest.approx(4.0)
 
 
-def test_no_lungs_gives_zero_volume(make_phantom) -> None:
+def test_no_lungs_is_not_assessable(make_phantom) -> None:
     result = inference.analyze(make_phantom(lungs=()).volume)
     assert not np.any(result.lung_labels)
     assert result.lungs.total_ml == 0.0
-    assert not result.lungs.separated
+    assert result.classification is None and result.lesions == ()
+    assert result.not_assessable is not None and "no lungs" in result.not_assessable
 
 
 def test_inference_imports_neither_pydicom_nor_the_node() -> None:

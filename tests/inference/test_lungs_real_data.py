@@ -1,6 +1,6 @@
-"""Classical lung segmentation on real CT from ../shared/data (skipped without it, failing in CI).
+"""Classical lung segmentation (the U-Net's pseudo-labels) on real CT from ../shared/data (skipped without it, failing in CI).
 
-Measured when these tests were written (analyze only, reading excluded, on a 2-core CPU shared
+Measured when these tests were written (segmentation only, reading excluded, on a 2-core CPU shared
 with other jobs): LIDC-IDRI-0001 right 2020 / left 1773 ml (1.6-2.1 s); RICORD 000082 2313 /
 2010 ml (2.7-3.3 s); PET/CT whole body 2165 / 1528 ml (1.0-1.5 s); Lung-PET-CT-Dx A0002
 (8 mm slices) 1128 / 1614 ml (0.2 s).
@@ -13,8 +13,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from inference import analyze
+from inference.api import lung_volumes
 from inference.lungs import segment_lungs
+from inference.metrics import dice
 from inference.types import CTVolume, LungLabel
 
 # Fixtures (tests/inference/conftest.py): ``real_series(name)`` reads ../shared/data/ct/<name>
@@ -39,8 +40,8 @@ def patient_z(volume: CTVolume) -> np.ndarray:
 def test_each_lung_is_separated_and_plausible(
     real_series, name: str, low_ml: float, high_ml: float
 ) -> None:
-    findings = analyze(real_series(name))
-    lungs = findings.lungs
+    volume = real_series(name)
+    lungs = lung_volumes(segment_lungs(volume), volume.voxel_volume_ml)
     assert lungs.separated, f"{name}: right and left not separated"
     assert low_ml <= lungs.right_ml <= high_ml, f"{name}: right lung {lungs.right_ml:.0f} ml"
     assert low_ml <= lungs.left_ml <= high_ml, f"{name}: left lung {lungs.left_ml:.0f} ml"
@@ -91,13 +92,9 @@ def test_matches_the_totalsegmentator_lungs(real_nifti) -> None:
     assert dice(labels == LungLabel.LEFT, reference[LungLabel.LEFT]) >= 0.88
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float(np.sum(a & b)) / float(np.sum(a) + np.sum(b))
-
-
 def test_abdominal_series_with_a_sliver_of_lung_base_reads_and_gives_no_lung(real_series) -> None:
     """JPEG 2000 series, mostly abdomen: stomach gas (mostly pure air) must not pass for lung."""
     volume = real_series("totalseg-example/dicom")
-    findings = analyze(volume)
-    assert findings.lung_labels.shape == volume.hu.shape
-    assert findings.lungs.total_ml <= 20.0
+    labels = segment_lungs(volume)
+    assert labels.shape == volume.hu.shape
+    assert lung_volumes(labels, volume.voxel_volume_ml).total_ml <= 20.0

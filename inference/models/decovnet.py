@@ -1,0 +1,114 @@
+"""DeCoVNet, the 3-D classifier of METHOD step 7, layer by layer as the reference ran it.
+
+Input: a batch of one volume, 2 channels (CT scaled to 0..1 and the binary lung mask), T slices
+of 224x336 (T varies from scan to scan, so batch size is 1). Output: logits for
+(negative, COVID-19). The block-2 features are kept for the class activation map (METHOD step 9),
+which needs the head's weights chained into one vector per class (:meth:`DeCoVNet.cam_weights`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+INPUT_HEIGHT, INPUT_WIDTH = 224, 336
+IN_CHANNELS = 2
+COVID = 1
+"""Index of the COVID-19 class in the logits."""
+
+
+class Bottleneck3d(nn.Module):
+    """Residual bottleneck: 3x1x1 (temporal) -> 1x3x3 (spatial, may stride) -> 1x1x1, with a
+    1x1x1 projection shortcut (the channel count always changes here)."""
+
+    def __init__(self, in_channels: int, inner: int, out_channels: int, spatial_stride: int = 1) -> None:
+        super().__init__()
+        stride = (1, spatial_stride, spatial_stride)
+        self.residual = nn.Sequential(
+            nn.Conv3d(in_channels, inner, (3, 1, 1), padding=(1, 0, 0), bias=False),
+            nn.BatchNorm3d(inner),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(inner, inner, (1, 3, 3), stride=stride, padding=(0, 1, 1), bias=False),
+            nn.BatchNorm3d(inner),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(inner, out_channels, 1, bias=False),
+            nn.BatchNorm3d(out_channels),
+        )
+        self.shortcut = nn.Sequential(
+            nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
+            nn.BatchNorm3d(out_channels),
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.residual(x) + self.shortcut(x))
+
+
+class ProgressiveClassifier(nn.Module):
+    """ProClf: alternating adaptive max pooling and 3x3x3 convolutions down to 32 features."""
+
+    def __init__(self, in_channels: int = 128, classes: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.AdaptiveMaxPool3d((16, 24, 36)),
+            nn.Conv3d(in_channels, 64, 3),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveMaxPool3d((4, 12, 18)),
+            nn.Conv3d(64, 32, 3),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveMaxPool3d((1, 6, 9)),
+            nn.Conv3d(32, 32, 3, padding=(1, 0, 0)),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveMaxPool3d(1),
+        )
+        self.fc1 = nn.Linear(32, 32)
+        self.fc2 = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(torch.flatten(self.features(x), 1)))
+
+    def class_weights(self) -> torch.Tensor:
+        """One 128-vector per class: every linear step of the head chained together.
+
+        The convolutions are reduced to their spatially averaged kernels and chained with both
+        Linear layers (METHOD step 9); the ReLUs and poolings in between are ignored, which is
+        the approximation the reference makes.
+        """
+        chain = None
+        for layer in self.features:
+            if isinstance(layer, nn.Conv3d):
+                kernel = layer.weight.mean(dim=(2, 3, 4))  # (out, in)
+                chain = kernel if chain is None else kernel @ chain
+        assert chain is not None
+        return self.fc2.weight @ self.fc1.weight @ chain  # (classes, in_channels)
+
+
+class DeCoVNet(nn.Module):
+    """Stem -> ResBlock 1 -> temporal max pool -> ResBlock 2 -> ProClf."""
+
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv3d(IN_CHANNELS, 16, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
+            nn.BatchNorm3d(16),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+        )
+        self.block1 = Bottleneck3d(16, 16, 64)
+        self.pool1 = nn.MaxPool3d((2, 1, 1))
+        self.block2 = Bottleneck3d(64, 32, 128, spatial_stride=2)
+        self.head = ProgressiveClassifier(128, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Block-2 features, (1, 128, T/2, H/8, W/8): what the CAM is computed from."""
+        return self.block2(self.pool1(self.block1(self.stem(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the raw COVID-class activation map (1, T/2, H/8, W/8), before ReLU."""
+        features = self.features(x)
+        weights = self.head.class_weights()[COVID]
+        cam = torch.einsum("c,bczyx->bzyx", weights, features)
+        return self.head(features), cam

@@ -1,0 +1,39 @@
+"""What a site may configure about the analysis (the node maps its ``[analysis]`` settings here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+"""Weights produced by this project's training commands and shipped in the package."""
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """Options of :class:`inference.api.Analyzer`.
+
+    - ``threshold``: probability at or above which a scan is called COVID-19 positive.
+    - ``min_lesion_score``: lesion candidates with a lower mean activation are not reported.
+    - ``threads``: CPU threads for torch (None: torch's default, one per core).
+    - ``device``: "auto" (CUDA when present, else CPU), "cpu" or "cuda".
+    - ``weights_dir``: folder with ``lung_unet.pt``, ``decovnet.pt`` and ``manifest.json``
+      (SHA-256 of each), as written by ``python -m inference train-lungs`` /
+      ``train-classifier``; a site points it at its own retrained weights.
+    """
+
+    threshold: float = 0.5
+    min_lesion_score: float = 0.3
+    threads: int | None = None
+    device: str = "auto"
+    weights_dir: Path = SHIPPED_WEIGHTS
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
+        if not 0.0 <= self.min_lesion_score <= 1.0:
+            raise ValueError(f"min_lesion_score must lie in [0, 1], got {self.min_lesion_score}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -1,0 +1,276 @@
+"""A one-picture overview of the findings for the engineer who checks a scan by hand.
+
+Why a picture: ``findings.json`` says how much lung and lesion the analysis found, not whether it
+found them in the right place. One PNG with a few axial and coronal sections, the lung outlines,
+the class activation map and the lesion outlines shows at a glance a segmentation that leaks,
+a swapped side or a heat map on the wrong lung. Pillow and numpy only (no plotting library).
+
+Display conventions: axial sections in the radiological view (patient right on image left,
+anterior at the top), coronal sections with the head at the top; every section keeps its
+physical aspect ratio, and all share one millimetre scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from inference.grid import VoxelGrid
+from inference.resampling import bounding_box, window
+from inference.types import CTVolume, Findings, Lesion
+
+AXIAL, CORONAL = 0, 1
+"""Axes (after reordering to axial order) that the sections cut across."""
+VIEW_NAMES = {AXIAL: "axial", CORONAL: "coronal"}
+PANEL_COUNTS = {AXIAL: 3, CORONAL: 2}
+SCREEN_DIRECTION = {0: (2, -1), 1: (1, 1), 2: (0, 1)}
+"""Per array axis (axial order): the LPS coordinate it runs along on screen (down or right) and
+the sign it must run with: slices head at the top (-z), rows anterior at the top (+y), columns
+patient right on the left (+x)."""
+
+PANEL_PX = 384
+"""Longest physical side among the sections, in pixels; the others share its mm scale."""
+GAP_PX = 4
+CAPTION_PX = 22
+CAM_MAX_ALPHA = 0.5
+"""Opacity of the heat map where the activation is 1 (it fades with the activation)."""
+LUNG_COLOUR = (0, 170, 255)
+LESION_COLOUR = (0, 255, 0)
+"""Green: apart from both the blue lung outline and the red-yellow heat map."""
+TEXT_COLOUR = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Where one section lies in the overview: ``box`` is (left, top, right, bottom) in pixels.
+
+    ``index`` is the plane's index along the axis it cuts, the array axis closest to patient z
+    (axial) or y (coronal): for a series of axial slices, the slice or row index.
+    """
+
+    view: str
+    index: int
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One plane of every layer, oriented for display, with its pixel size in mm."""
+
+    hu: np.ndarray
+    lungs: np.ndarray
+    lesions: np.ndarray | None
+    cam: np.ndarray | None
+    row_mm: float
+    col_mm: float
+
+    @property
+    def extent_mm(self) -> tuple[float, float]:
+        """(width, height) in mm."""
+        rows, cols = self.hu.shape
+        return cols * self.col_mm, rows * self.row_mm
+
+    def size_px(self, scale: float) -> tuple[int, int]:
+        """(width, height) at ``scale`` pixels per mm."""
+        width, height = self.extent_mm
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """The volume and its maps with axes reordered to (axial slice, row, column).
+
+    Reordering first (as the analysis does) keeps the views right for series not stored as
+    axial slices; for an axial series it is the identity.
+    """
+
+    hu: np.ndarray
+    lungs: np.ndarray
+    lesions: np.ndarray | None
+    cam: np.ndarray | None
+    grid: VoxelGrid
+
+    @classmethod
+    def of(cls, volume: CTVolume, findings: Findings) -> _Scene:
+        grid = VoxelGrid.of(volume)
+        order = grid.axial_order()
+
+        def reorder(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else np.transpose(array, order)
+
+        return cls(
+            hu=np.transpose(volume.hu, order),
+            lungs=np.transpose(findings.lung_labels, order),
+            lesions=reorder(findings.lesion_labels),
+            cam=reorder(findings.cam),
+            grid=grid.permuted(order),
+        )
+
+    def section(self, axis: int, index: int) -> _Section:
+        """The plane ``index`` across ``axis``, flipped into the display conventions."""
+        rows_axis, cols_axis = (a for a in range(3) if a != axis)
+        flips = tuple(
+            dim
+            for dim, a in enumerate((rows_axis, cols_axis))
+            if self.grid.steps[a, SCREEN_DIRECTION[a][0]] * SCREEN_DIRECTION[a][1] < 0
+        )
+
+        def plane(array: np.ndarray) -> np.ndarray:
+            return np.flip(np.take(array, index, axis=axis), axis=flips)
+
+        spacing = self.grid.spacing
+        return _Section(
+            hu=plane(self.hu),
+            lungs=plane(self.lungs),
+            lesions=None if self.lesions is None else plane(self.lesions),
+            cam=None if self.cam is None else plane(self.cam),
+            row_mm=float(spacing[rows_axis]),
+            col_mm=float(spacing[cols_axis]),
+        )
+
+    def position_mm(self, axis: int, index: int) -> float:
+        """Patient coordinate (the one ``axis`` runs along) at the centre of plane ``index``."""
+        coordinate = SCREEN_DIRECTION[axis][0]
+        return float(self.grid.origin[coordinate] + index * self.grid.steps[axis, coordinate])
+
+
+def caption(findings: Findings) -> str:
+    """One line: the probability and the call, or why there is none."""
+    if findings.not_assessable:
+        return f"not assessable: {findings.not_assessable}"
+    result = findings.classification
+    if result is None:
+        return "no classification"
+    call = "positive" if result.positive else "negative"
+    return (
+        f"COVID-19 probability {result.probability:.3f}: {call} (threshold {result.threshold:.2f}); "
+        f"{len(findings.lesions)} lesion(s); lungs {findings.lungs.total_ml:.0f} ml"
+    )
+
+
+def write_overview(volume: CTVolume, findings: Findings, path: Path) -> None:
+    image, _ = render_overview(volume, findings)
+    image.save(path)
+
+
+def render_overview(volume: CTVolume, findings: Findings) -> tuple[Image.Image, tuple[Panel, ...]]:
+    """The overview picture and where each section lies in it.
+
+    Top row: axial sections through the primary and then the largest lesions, filled up with
+    sections spread through the lungs; bottom row: coronal sections chosen the same way.
+    """
+    scene = _Scene.of(volume, findings)
+    chosen = _chosen_planes(scene, findings.lesions)
+    sections = {(axis, index): scene.section(axis, index) for axis, index in chosen}
+    scale = PANEL_PX / max(max(section.extent_mm) for section in sections.values())
+
+    placed: list[tuple[Panel, np.ndarray, str]] = []
+    top = CAPTION_PX
+    for axis in (AXIAL, CORONAL):
+        left, row_height = 0, 0
+        for index in (index for view, index in chosen if view == axis):
+            tile = _render_section(sections[axis, index], scale)
+            height, width = tile.shape[:2]
+            label = f"{VIEW_NAMES[axis]} {'xyz'[SCREEN_DIRECTION[axis][0]]} {scene.position_mm(axis, index):.0f} mm"
+            placed.append((Panel(VIEW_NAMES[axis], index, (left, top, left + width, top + height)), tile, label))
+            left += width + GAP_PX
+            row_height = max(row_height, height)
+        top += row_height + GAP_PX
+
+    width = max(panel.box[2] for panel, _, _ in placed)
+    image = Image.new("RGB", (width, top - GAP_PX), (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.text((4, 4), caption(findings), fill=TEXT_COLOUR)
+    for panel, tile, label in placed:
+        image.paste(Image.fromarray(tile), panel.box[:2])
+        draw.text((panel.box[0] + 3, panel.box[1] + 2), label, fill=TEXT_COLOUR)
+    return image, tuple(panel for panel, _, _ in placed)
+
+
+def _chosen_planes(scene: _Scene, lesions: tuple[Lesion, ...]) -> list[tuple[int, int]]:
+    """(axis, index) of every section to show, axial first, each axis in index order."""
+    centres = _lesion_centres(scene.lesions, lesions)
+    box = bounding_box(scene.lungs > 0) or tuple(slice(0, n) for n in scene.lungs.shape)
+    return [
+        (axis, index)
+        for axis in (AXIAL, CORONAL)
+        for index in _pick([centre[axis] for centre in centres], box[axis], PANEL_COUNTS[axis])
+    ]
+
+
+def _lesion_centres(labels: np.ndarray | None, lesions: tuple[Lesion, ...]) -> list[tuple[int, ...]]:
+    """Index centroid of each lesion, the primary first, then by decreasing volume."""
+    if labels is None or not lesions:
+        return []
+    where = np.nonzero(labels)
+    values = labels[where]
+    counts = np.bincount(values)
+    means = [np.bincount(values, weights=coordinate) / np.maximum(counts, 1) for coordinate in where]
+    ordered = sorted(lesions, key=lambda lesion: (not lesion.primary, -lesion.volume_ml))
+    return [
+        tuple(round(mean[lesion.label]) for mean in means)
+        for lesion in ordered
+        if lesion.label < len(counts) and counts[lesion.label]
+    ]
+
+
+def _pick(preferred: list[int], extent: slice, count: int) -> list[int]:
+    """Up to ``count`` plane indices within ``extent``: the ``preferred`` ones first (one of any
+    closer than half the even spacing, so neighbouring lesions share a section), then each time
+    the plane farthest from those chosen and from the ends (the middle first, then the quarters)."""
+    candidates = np.arange(extent.start, extent.stop)
+    gap = len(candidates) / (2 * count)
+    chosen: list[int] = []
+    for index in preferred:
+        if len(chosen) < count and all(abs(index - other) >= gap for other in chosen):
+            chosen.append(index)
+    while len(chosen) < count:
+        room = np.minimum(candidates + 0.5 - extent.start, extent.stop - 0.5 - candidates)
+        for other in chosen:
+            room = np.minimum(room, np.abs(candidates - other))
+        best = int(np.argmax(room))
+        if room[best] <= 0:
+            break
+        chosen.append(int(candidates[best]))
+    return sorted(chosen)
+
+
+def _render_section(section: _Section, scale: float) -> np.ndarray:
+    """RGB pixels (uint8) of one section: lung-window CT, heat map in the lungs, outlines.
+
+    The image is blended at the CT's resolution and then resized smoothly; the outlines are
+    drawn afterwards on nearest-neighbour resized labels, so they stay one pixel thin and keep
+    their exact colours.
+    """
+    width, height = section.size_px(scale)
+    rgb = np.repeat(window(section.hu)[..., None], 3, axis=2)
+    if section.cam is not None:
+        heat = (section.cam / 255.0) * (section.lungs > 0)
+        colour = np.stack([np.ones_like(heat), heat, np.zeros_like(heat)], axis=-1)  # red to yellow
+        alpha = (CAM_MAX_ALPHA * heat)[..., None]
+        rgb = (1.0 - alpha) * rgb + alpha * colour
+    image = Image.fromarray(np.round(rgb * 255.0).astype(np.uint8))
+    pixels = np.array(image.resize((width, height), Image.Resampling.BILINEAR))
+    for labels, colour in ((section.lungs, LUNG_COLOUR), (section.lesions, LESION_COLOUR)):
+        if labels is not None:
+            pixels[_outline(_resize_nearest(labels, height, width))] = colour
+    return pixels
+
+
+def _resize_nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    rows = np.minimum(((np.arange(height) + 0.5) * labels.shape[0] / height).astype(int), labels.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * labels.shape[1] / width).astype(int), labels.shape[1] - 1)
+    return labels[np.ix_(rows, cols)]
+
+
+def _outline(labels: np.ndarray) -> np.ndarray:
+    """Labelled pixels with a 4-neighbour of another value: the inner border of each label."""
+    padded = np.pad(labels, 1, mode="edge")
+    rows, cols = labels.shape
+    differs = np.zeros(labels.shape, dtype=bool)
+    for dr, dc in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        differs |= padded[dr : dr + rows, dc : dc + cols] != labels
+    return (labels != 0) & differs

@@ -1,0 +1,143 @@
+"""Sampling grids and the round trip between them and the original slices (METHOD steps 2 and 6).
+
+Every model input is one SimpleITK resampling of the original volume onto a :class:`SampleGrid`
+that shares the volume's orientation: the U-Net's grid covers each slice's whole field of view
+at a coarser pixel size; the classifier's grid covers the lung bounding box with 224x336 pixels
+per slice and a fixed slice spacing along z. Because the grids are real patient-space geometry,
+any mask computed on them maps back onto the original slices with one more resampling
+(:func:`to_original`), which is what keeps the SEG aligned with the source images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from inference.grid import VoxelGrid
+from inference.io import volume_to_image
+from inference.types import CTVolume
+
+OUTSIDE_HU = -1024.0
+"""Value sampled outside the original field of view: air."""
+
+
+@dataclass(frozen=True)
+class SampleGrid:
+    """A regular grid in patient space; ``size``, ``spacing``, ``origin`` in SimpleITK (x, y, z) order."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (z, y, x)."""
+        return self.size[2], self.size[1], self.size[0]
+
+    @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def voxel_grid(self) -> VoxelGrid:
+        return VoxelGrid.from_geometry(self.spacing, self.origin, self.direction)
+
+    def reference(self) -> sitk.Image:
+        image = sitk.Image([int(n) for n in self.size], sitk.sitkUInt8)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def box_grid(
+    volume: CTVolume,
+    box: tuple[slice, slice, slice],
+    slice_mm: float,
+    height: int,
+    width: int,
+) -> SampleGrid:
+    """Grid over the index box ``box`` (z, y, x slices) of ``volume``: ``height`` x ``width``
+    pixels per slice and slices every ``slice_mm`` (at least one slice)."""
+    (z, y, x) = box
+    spacing = np.asarray(volume.spacing, dtype=float)
+    extent = np.array([x.stop - x.start, y.stop - y.start, z.stop - z.start], dtype=float) * spacing
+    depth = max(1, int(math.ceil(extent[2] / slice_mm)))
+    new_spacing = extent / np.array([width, height, depth], dtype=float)
+    # Voxel centres: the first new centre lies half a new voxel inside the box's outer edge.
+    corner = np.array([x.start, y.start, z.start], dtype=float) - 0.5
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    origin = np.asarray(volume.origin, dtype=float) + direction @ (corner * spacing + new_spacing / 2.0)
+    return SampleGrid(
+        size=(width, height, depth),
+        spacing=tuple(float(s) for s in new_spacing),  # type: ignore[arg-type]
+        origin=tuple(float(o) for o in origin),  # type: ignore[arg-type]
+        direction=tuple(float(d) for d in direction.ravel()),
+    )
+
+
+def whole_grid(volume: CTVolume, pixel_mm: float, slice_mm: float, multiple: int) -> SampleGrid:
+    """Grid over the whole volume with pixels of about ``pixel_mm`` (each side a multiple of
+    ``multiple``) and slices every ``slice_mm`` or the original spacing, whichever is coarser."""
+    nz, ny, nx = volume.hu.shape
+    width = max(multiple, multiple * round(nx * volume.spacing[0] / pixel_mm / multiple))
+    height = max(multiple, multiple * round(ny * volume.spacing[1] / pixel_mm / multiple))
+    step = max(slice_mm, float(volume.spacing[2]))
+    box = (slice(0, nz), slice(0, ny), slice(0, nx))
+    return box_grid(volume, box, step, height, width)
+
+
+def sample(volume: CTVolume, grid: SampleGrid, array: np.ndarray | None = None, *, labels: bool = False) -> np.ndarray:
+    """``array`` (default: the HU; shape of ``volume.hu``) resampled onto ``grid``.
+
+    Linear interpolation for intensities, nearest neighbour for ``labels``; outside the
+    original field of view: air for HU, 0 for anything else.
+    """
+    source = volume_to_image(volume, None if array is None else array)
+    if labels:
+        interpolator, default = sitk.sitkNearestNeighbor, 0.0
+    else:
+        interpolator, default = sitk.sitkLinear, OUTSIDE_HU if array is None else 0.0
+        source = sitk.Cast(source, sitk.sitkFloat32)
+    out = sitk.Resample(source, grid.reference(), sitk.Transform(), interpolator, default)
+    return sitk.GetArrayFromImage(out)
+
+
+def to_original(volume: CTVolume, grid: SampleGrid, array: np.ndarray, *, labels: bool = False) -> np.ndarray:
+    """``array`` on ``grid`` mapped back onto the original slices (shape of ``volume.hu``).
+
+    Nearest neighbour for labels, linear otherwise; 0 outside the grid.
+    """
+    source = sitk.GetImageFromArray(array if labels else array.astype(np.float32))
+    source.SetSpacing(grid.spacing)
+    source.SetOrigin(grid.origin)
+    source.SetDirection(grid.direction)
+    reference = sitk.Image([int(n) for n in volume.hu.shape[::-1]], sitk.sitkUInt8)
+    reference.SetSpacing([float(s) for s in volume.spacing])
+    reference.SetOrigin([float(o) for o in volume.origin])
+    reference.SetDirection([float(d) for d in np.asarray(volume.direction, dtype=float).ravel()])
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    out = sitk.Resample(source, reference, sitk.Transform(), interpolator, 0.0)
+    return sitk.GetArrayFromImage(out)
+
+
+def window(hu: np.ndarray) -> np.ndarray:
+    """HU window [-1200, 600] to 8 bit, then to 0..1 (METHOD step 3), float32."""
+    eight_bit = np.round((np.clip(hu, -1200.0, 600.0) + 1200.0) * (255.0 / 1800.0))
+    return (eight_bit / 255.0).astype(np.float32)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Index bounding box of the nonzero voxels (None for an empty mask)."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return box[0], box[1], box[2]

@@ -1,0 +1,58 @@
+"""The networks of METHOD steps 5 and 7: layer shapes, parameter counts, the CAM's weights."""
+
+from __future__ import annotations
+
+import torch
+
+from inference.models.decovnet import DeCoVNet
+from inference.models.unet import UNet
+
+
+def test_decovnet_shapes_at_t150_match_the_method() -> None:
+    torch.manual_seed(0)
+    model = DeCoVNet().eval()
+    x = torch.rand(1, 2, 150, 224, 336)
+    with torch.inference_mode():
+        stem = model.stem(x)
+        block1 = model.pool1(model.block1(stem))
+        block2 = model.block2(block1)
+        logits, cam = model.forward_with_cam(x)
+    assert stem.shape == (1, 16, 150, 56, 84)
+    assert block1.shape == (1, 64, 75, 56, 84)
+    assert block2.shape == (1, 128, 75, 28, 42)
+    assert logits.shape == (1, 2)
+    assert cam.shape == (1, 75, 28, 42)
+
+
+def test_decovnet_has_about_035_million_parameters() -> None:
+    count = sum(p.numel() for p in DeCoVNet().parameters())
+    assert 330_000 < count < 370_000, count
+
+
+def test_decovnet_accepts_few_slices() -> None:
+    with torch.inference_mode():
+        assert DeCoVNet().eval()(torch.rand(1, 2, 8, 224, 336)).shape == (1, 2)
+
+
+def test_cam_weights_chain_the_head_linearly() -> None:
+    """With the head's non-linearities at identity, the chained weights give the logit difference."""
+    torch.manual_seed(1)
+    head = DeCoVNet().head
+    weights = head.class_weights()
+    assert weights.shape == (2, 128)
+    # Each conv reduced to its spatial mean acts on a constant input exactly like the full conv.
+    features = torch.ones(1, 128, 1, 1, 1)
+    chain = features.flatten(1)
+    for layer in head.features:
+        if isinstance(layer, torch.nn.Conv3d):
+            chain = chain @ layer.weight.mean(dim=(2, 3, 4)).T
+    expected = head.fc2(head.fc1(chain)) - head.fc2.bias - head.fc2.weight @ head.fc1.bias
+    assert torch.allclose(weights.sum(dim=1), expected[0], atol=1e-5)
+
+
+def test_unet_keeps_the_slice_size_and_gives_two_classes() -> None:
+    model = UNet().eval()
+    with torch.inference_mode():
+        out = model(torch.rand(2, 1, 96, 128))
+    assert out.shape == (2, 2, 96, 128)
+    assert 0.8e6 < sum(p.numel() for p in model.parameters()) < 1.2e6
