@@ -91,10 +91,10 @@ class Analyzer:
         classification = Classification(probability, self.options.threshold)
         with self._stage("localization"):
             cam = upsample_cam(raw_cam, prepared.hu.shape, prepared.lungs)
-            found = localize(cam, prepared.hu, prepared.lungs, self.options.min_lesion_score, prepared.grid.voxel_ml)
-            lesion_labels, lesions = (
-                _lesions_on_original(volume, prepared, found) if classification.positive else (None, ())
-            )
+            lesion_labels, lesions = None, ()
+            if classification.positive:  # lesions are reported for positive calls only
+                found = localize(cam, prepared.hu, prepared.lungs, self.options.min_lesion_score, prepared.grid.voxel_ml)
+                lesion_labels, lesions = _lesions_on_original(volume, prepared, found)
             cam_original = to_original(volume, prepared.grid, cam)
         logger.info(
             "COVID-19 probability %.3f (%s at %.2f), %d lesions, lungs %.0f ml",
