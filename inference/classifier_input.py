@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from inference.models.decovnet import INPUT_HEIGHT, INPUT_WIDTH
-from inference.resampling import SampleGrid, bounding_box, box_grid, sample, window
+from inference.grid import bounding_box
+from inference.resampling import SampleGrid, box_grid, sample, window
 from inference.types import CTVolume
 
 SLICE_MM = 3.0

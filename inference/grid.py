@@ -148,6 +148,29 @@ def in_plane_border(array: np.ndarray) -> np.ndarray:
     return np.concatenate([face.ravel() for face in faces])
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Index box of the nonzero voxels grown by ``margin``, clipped to the array (None if empty)."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + margin + 1)))
+    return tuple(box)
+
+
+def keep_large_components(mask: np.ndarray, voxel_ml: float, min_ml: float, min_relative: float) -> np.ndarray:
+    """The components of ``mask`` of at least ``min_ml`` and ``min_relative`` times the largest."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    count = np.bincount(lab.ravel(), minlength=n + 1)
+    count[0] = 0
+    keep = (count >= min_relative * count.max()) & (count * voxel_ml >= min_ml)
+    return keep[lab]
+
+
 def components_touching(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The connected components of ``mask`` that contain a seed voxel."""
     lab, _ = ndi.label(mask)

@@ -9,6 +9,7 @@ converted to LPS by SimpleITK, the convention of :class:`CTVolume`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,17 @@ def image_to_volume(image: sitk.Image) -> CTVolume:
 def volume_to_image(volume: CTVolume, array: np.ndarray | None = None) -> sitk.Image:
     """``array`` (default: the HU) as a SimpleITK image with the volume's geometry."""
     image = sitk.GetImageFromArray(volume.hu if array is None else array)
-    image.SetSpacing([float(s) for s in volume.spacing])
-    image.SetOrigin([float(o) for o in volume.origin])
-    image.SetDirection([float(d) for d in np.asarray(volume.direction, dtype=float).ravel()])
+    return with_geometry(image, volume.spacing, volume.origin, volume.direction)
+
+
+def with_geometry(
+    image: sitk.Image, spacing: Sequence[float], origin: Sequence[float], direction: np.ndarray | Sequence[float]
+) -> sitk.Image:
+    """``image`` placed in patient space (SimpleITK order: spacing and origin x, y, z; direction
+    3x3 by columns, flattened row by row); returned for chaining."""
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in origin])
+    image.SetDirection([float(d) for d in np.asarray(direction, dtype=float).ravel()])
     return image
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from inference.grid import VoxelGrid, fill_holes_slicewise
+from inference.grid import fill_holes_slicewise, keep_large_components
 from inference.lung_sides import split_right_left
 from inference.models.unet import LUNG, SIZE_MULTIPLE, UNet
 from inference.resampling import SampleGrid, sample, to_original, whole_grid, window
@@ -91,21 +91,11 @@ def _padded(hits: np.ndarray, size: int) -> slice:
 def postprocess(mask: np.ndarray, grid: SampleGrid) -> np.ndarray:
     """Lung components kept, holes filled, right and left split (LungLabel values)."""
     voxels = grid.voxel_grid
-    lungs = _keep_lung_components(mask, voxels)
+    lungs = keep_large_components(mask, voxels.voxel_ml, MIN_LUNG_ML, MIN_RELATIVE_SIZE)
     if not lungs.any():
         return np.zeros(mask.shape, dtype=np.uint8)
     lungs = fill_holes_slicewise(lungs, voxels, MAX_HOLE_CM2)
     return split_right_left(lungs, voxels)
-
-
-def _keep_lung_components(mask: np.ndarray, voxels: VoxelGrid) -> np.ndarray:
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    count = np.bincount(lab.ravel(), minlength=n + 1)
-    count[0] = 0
-    keep = (count >= MIN_RELATIVE_SIZE * count.max()) & (count * voxels.voxel_ml >= MIN_LUNG_ML)
-    return keep[lab]
 
 
 def labels_to_original(volume: CTVolume, grid: SampleGrid, labels: np.ndarray) -> np.ndarray:

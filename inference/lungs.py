@@ -30,9 +30,11 @@ from scipy import ndimage as ndi
 from inference.grid import (
     SLICE_CONNECTIVITY,
     VoxelGrid,
+    bounding_box,
     close_mm,
     fill_holes_slicewise,
     in_plane_border,
+    keep_large_components,
 )
 from inference.lung_sides import split_right_left
 from inference.types import CTVolume
@@ -53,6 +55,8 @@ MIN_LUNG_ML = 20.0
 """Smaller air components are never taken for lung."""
 MIN_RELATIVE_SIZE = 0.1
 """Components smaller than this fraction of the largest lung-like one are dropped."""
+FRAGMENT_ML = 1.0
+"""Pieces of lung smaller than this, left once the airways are cut out, are dropped."""
 MAX_PURE_AIR_FRACTION = 0.3
 """A component with more pure-air voxels is a gas pocket (stomach, bowel: 0.37-0.69 measured),
 not lung (0.01-0.04 measured; severe emphysema could exceed it)."""
@@ -131,10 +135,11 @@ def _find_lungs(
             logger.info("lungs found only slice-wise: airways open to the outside air?")
     if not lungs.any():
         return None
-    box = _bounding_box(lungs, margin=2)
+    box = bounding_box(lungs, margin=2)
+    assert box is not None  # lungs.any() was checked
     lungs = lungs[box]
     airway = _airways(lungs, grid.cropped(box))
-    lungs = _drop_fragments(lungs & ~airway, grid.voxel_ml)
+    lungs = keep_large_components(lungs & ~airway, grid.voxel_ml, FRAGMENT_ML, MIN_RELATIVE_SIZE)
     if not lungs.any():
         return None
     lungs = fill_holes_slicewise(lungs, grid, MAX_HOLE_CM2)
@@ -175,27 +180,6 @@ def _select_lungs(candidates: np.ndarray, work: np.ndarray, grid: VoxelGrid) -> 
     keep = lung_like & (count >= MIN_RELATIVE_SIZE * count[lung_like].max())
     logger.debug("lung components (ml): %s", np.round(count[keep] * grid.voxel_ml).tolist())
     return keep[lab]
-
-
-def _drop_fragments(mask: np.ndarray, voxel_ml: float, min_ml: float = 1.0) -> np.ndarray:
-    """Keep components of at least ``min_ml`` and `MIN_RELATIVE_SIZE` of the largest."""
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    count = np.bincount(lab.ravel(), minlength=n + 1)
-    count[0] = 0
-    keep = (count >= MIN_RELATIVE_SIZE * count.max()) & (count * voxel_ml >= min_ml)
-    return keep[lab]
-
-
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``margin`` voxels, clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(max(0, hits[0] - margin), min(mask.shape[axis], hits[-1] + margin + 1)))
-    return tuple(box)
 
 
 def _airways(lungs: np.ndarray, grid: VoxelGrid) -> np.ndarray:
@@ -258,7 +242,8 @@ def _close_and_fill(labels: np.ndarray, grid: VoxelGrid) -> np.ndarray:
     out = labels.copy()
     margin = int(np.ceil(CLOSING_RADIUS_MM / grid.spacing.min())) + 1
     for value in np.unique(labels[labels > 0]):
-        box = _bounding_box(labels == value, margin)
+        box = bounding_box(labels == value, margin)
+        assert box is not None  # value is one of the labels present
         closed = close_mm(labels[box] == value, grid, CLOSING_RADIUS_MM)
         mask = fill_holes_slicewise(closed, grid, MAX_HOLE_CM2)
         target = out[box]

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from inference.grid import VoxelGrid
-from inference.resampling import bounding_box, window
+from inference.grid import VoxelGrid, bounding_box
+from inference.resampling import window
 from inference.types import CTVolume, Findings, Lesion
 
 AXIAL, CORONAL = 0, 1

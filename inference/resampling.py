@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from inference.grid import VoxelGrid
-from inference.io import volume_to_image
+from inference.io import volume_to_image, with_geometry
 from inference.types import CTVolume
 
 OUTSIDE_HU = -1024.0
@@ -47,16 +47,20 @@ class SampleGrid:
         return VoxelGrid.from_geometry(self.spacing, self.origin, self.direction)
 
     def reference(self) -> sitk.Image:
-        image = sitk.Image([int(n) for n in self.size], sitk.sitkUInt8)
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
+        return with_geometry(sitk.Image([int(n) for n in self.size], sitk.sitkUInt8), *self._geometry)
+
+    def image(self, array: np.ndarray) -> sitk.Image:
+        """``array`` (shape :attr:`shape`) as an image on this grid."""
+        return with_geometry(sitk.GetImageFromArray(array), *self._geometry)
+
+    @property
+    def _geometry(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+        return self.spacing, self.origin, self.direction
 
 
 def box_grid(
     volume: CTVolume,
-    box: tuple[slice, slice, slice],
+    box: tuple[slice, ...],
     slice_mm: float,
     height: int,
     width: int,
@@ -112,14 +116,9 @@ def to_original(volume: CTVolume, grid: SampleGrid, array: np.ndarray, *, labels
 
     Nearest neighbour for labels, linear otherwise; 0 outside the grid.
     """
-    source = sitk.GetImageFromArray(array if labels else array.astype(np.float32))
-    source.SetSpacing(grid.spacing)
-    source.SetOrigin(grid.origin)
-    source.SetDirection(grid.direction)
-    reference = sitk.Image([int(n) for n in volume.hu.shape[::-1]], sitk.sitkUInt8)
-    reference.SetSpacing([float(s) for s in volume.spacing])
-    reference.SetOrigin([float(o) for o in volume.origin])
-    reference.SetDirection([float(d) for d in np.asarray(volume.direction, dtype=float).ravel()])
+    source = grid.image(array if labels else array.astype(np.float32))
+    empty = sitk.Image([int(n) for n in volume.hu.shape[::-1]], sitk.sitkUInt8)
+    reference = with_geometry(empty, volume.spacing, volume.origin, volume.direction)
     interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
     out = sitk.Resample(source, reference, sitk.Transform(), interpolator, 0.0)
     return sitk.GetArrayFromImage(out)
@@ -129,15 +128,3 @@ def window(hu: np.ndarray) -> np.ndarray:
     """HU window [-1200, 600] to 8 bit, then to 0..1 (METHOD step 3), float32."""
     eight_bit = np.round((np.clip(hu, -1200.0, 600.0) + 1200.0) * (255.0 / 1800.0))
     return (eight_bit / 255.0).astype(np.float32)
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Index bounding box of the nonzero voxels (None for an empty mask)."""
-    if not mask.any():
-        return None
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return box[0], box[1], box[2]

@@ -38,6 +38,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from inference.grid import bounding_box
+
 LIBRARY_SPACING_MM = 2.0
 """Grid the library shapes are cached on: coarse enough to be cheap, fine enough for 0.5 ml."""
 DEFAULT_MAX_COUNT = 5
@@ -141,7 +143,7 @@ def _shapes_of(path: Path, min_ml: float) -> Iterator[LesionShape]:
     image = sitk.ReadImage(str(path))
     spacing = np.array(image.GetSpacing()[::-1], dtype=float)
     mask = sitk.GetArrayViewFromImage(image) > 0
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return
     labels, _ = ndi.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
@@ -152,18 +154,6 @@ def _shapes_of(path: Path, min_ml: float) -> Iterator[LesionShape]:
         resampled, new_spacing = _resample_mask(labels[found] == index, spacing)
         if resampled.any():
             yield LesionShape(resampled, new_spacing, f"{path.name}#{index}")
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every True voxel (None when there is none)."""
-    spans = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        if hits.size == 0:
-            return None
-        spans.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(spans)
 
 
 def _resample_mask(
@@ -177,7 +167,7 @@ def _resample_mask(
     factors = spacing / LIBRARY_SPACING_MM
     resampled = _zoom(padded, factors) >= 0.5
     new_spacing = spacing * np.array(padded.shape) / np.array(resampled.shape)
-    box = _bounding_box(resampled)
+    box = bounding_box(resampled)
     cropped = resampled[box] if box is not None else resampled[:0]
     return cropped, (float(new_spacing[0]), float(new_spacing[1]), float(new_spacing[2]))
 

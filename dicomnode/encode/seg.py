@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
 from dicomnode.encode.identity import (
     SEG_INSTANCE,
@@ -78,8 +79,15 @@ def encode_seg(series: SeriesVolume, findings: Findings, settings: Settings) -> 
     sources = _source_images(series.datasets)
     planes = _segment_planes(findings) if OMIT_EMPTY_FRAMES else slice(0, len(sources))
     device = device_identity(settings)
-    descriptions = [_describe(numbered, series, findings, settings) for numbered in segments]
-    descriptions += [_describe_lesion(lesion, series, findings, settings) for lesion in lesions]
+    context = (series, findings, settings)
+    descriptions = [
+        _describe(n.number, n.segment.name, n.segment.key, ANATOMICAL_STRUCTURE, n.segment.code, n.segment.rgb, context)
+        for n in segments
+    ]
+    descriptions += [
+        _describe(les.number, les.name, les.key, MORPHOLOGICALLY_ABNORMAL, les.code, les.rgb, context, [les.site])
+        for les in lesions
+    ]
     try:
         seg = hd.seg.Segmentation(
             source_images=sources[planes],
@@ -157,36 +165,28 @@ def _segment_number_map(labels: np.ndarray, segments: Sequence[NumberedSegment])
 
 
 def _describe(
-    numbered: NumberedSegment, series: SeriesVolume, findings: Findings, settings: Settings
+    number: int,
+    name: str,
+    key: str,
+    category: hd.sr.CodedConcept | Code,
+    code: hd.sr.CodedConcept | Code,
+    rgb: tuple[int, int, int],
+    context: tuple[SeriesVolume, Findings, Settings],
+    sites: Sequence[hd.sr.CodedConcept] | None = None,
 ) -> hd.seg.SegmentDescription:
-    segment = numbered.segment
+    """One segment's description: lung segments and lesion segments differ only in these fields."""
+    series, findings, settings = context
     return hd.seg.SegmentDescription(
-        segment_number=numbered.number,
-        segment_label=segment.name,
-        segmented_property_category=ANATOMICAL_STRUCTURE,
-        segmented_property_type=segment.code,
+        segment_number=number,
+        segment_label=name,
+        segmented_property_category=category,
+        segmented_property_type=code,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=seg_algorithm_identification(findings),
-        tracking_uid=derived_uid(tracking_kind(segment.key), series, findings, settings),
-        tracking_id=segment.name,
-        display_color=hd.color.CIELabColor.from_rgb(*segment.rgb),
-    )
-
-
-def _describe_lesion(
-    lesion: LesionSegment, series: SeriesVolume, findings: Findings, settings: Settings
-) -> hd.seg.SegmentDescription:
-    return hd.seg.SegmentDescription(
-        segment_number=lesion.number,
-        segment_label=lesion.name,
-        segmented_property_category=MORPHOLOGICALLY_ABNORMAL,
-        segmented_property_type=lesion.code,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=seg_algorithm_identification(findings),
-        tracking_uid=derived_uid(tracking_kind(lesion.key), series, findings, settings),
-        tracking_id=lesion.name,
-        anatomic_regions=[lesion.site],
-        display_color=hd.color.CIELabColor.from_rgb(*lesion.rgb),
+        tracking_uid=derived_uid(tracking_kind(key), series, findings, settings),
+        tracking_id=name,
+        anatomic_regions=sites,
+        display_color=hd.color.CIELabColor.from_rgb(*rgb),
     )
 
 

@@ -235,11 +235,21 @@ def _observation_context(device: DeviceIdentity) -> hd.sr.ObservationContext:
 
 
 def _volume(value_ml: float, findings: Findings) -> hd.sr.Measurement:
-    return hd.sr.Measurement(
-        name=codes.SCT.Volume,
-        value=value_ml,
-        unit=MILLILITRE,
-        algorithm_id=sr_algorithm_identification(findings),
+    return _measurement(codes.SCT.Volume, value_ml, MILLILITRE, findings)
+
+
+def _tracking(key: str, name: str, series: SeriesVolume, findings: Findings, settings: Settings) -> hd.sr.TrackingIdentifier:
+    """The tracking identifier of a SEG segment's group: the segment's own tracking UID and name."""
+    return hd.sr.TrackingIdentifier(uid=derived_uid(tracking_kind(key), series, findings, settings), identifier=name)
+
+
+def _reference(seg: hd.seg.Segmentation, number: int, series: SeriesVolume) -> hd.sr.ReferencedSegment:
+    """The reference to segment ``number`` of ``seg``."""
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=number,
+        source_series=hd.sr.SourceSeriesForSegmentation(str(series.datasets[0].SeriesInstanceUID)),
     )
 
 
@@ -255,15 +265,8 @@ def _segment_group(
     segment = numbered.segment
     volume_ml = segment_volume_ml(segment, findings, series.volume.voxel_volume_ml, alone=alone)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(tracking_kind(segment.key), series, findings, settings), identifier=segment.name
-        ),
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=numbered.number,
-            source_series=hd.sr.SourceSeriesForSegmentation(str(series.datasets[0].SeriesInstanceUID)),
-        ),
+        tracking_identifier=_tracking(segment.key, segment.name, series, findings, settings),
+        referenced_segment=_reference(seg, numbered.number, series),
         finding_type=segment.code,
         algorithm_id=sr_algorithm_identification(findings),
         measurements=[_volume(volume_ml, findings)],
@@ -354,15 +357,8 @@ def _lesion_group(
     """One lesion: its volume, mean class activation and mean density, referencing its SEG segment."""
     stated = lesion.lesion
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(tracking_kind(lesion.key), series, findings, settings), identifier=lesion.name
-        ),
-        referenced_segment=hd.sr.ReferencedSegment(
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=lesion.number,
-            source_series=hd.sr.SourceSeriesForSegmentation(str(series.datasets[0].SeriesInstanceUID)),
-        ),
+        tracking_identifier=_tracking(lesion.key, lesion.name, series, findings, settings),
+        referenced_segment=_reference(seg, lesion.number, series),
         finding_category=MORPHOLOGICALLY_ABNORMAL,
         finding_type=lesion.code,
         finding_sites=[hd.sr.FindingSite(lesion.site)],

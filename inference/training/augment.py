@@ -40,7 +40,14 @@ def _random_affine(rng: np.random.Generator) -> torch.Tensor:
     # The crop (scale s of each side) lies anywhere inside the slice: its centre within 1 - s.
     centre = rng.uniform(-(1.0 - scale), 1.0 - scale, size=2)
     angle = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
-    flip = -1.0 if rng.random() < FLIP_PROBABILITY else 1.0
+    flip = rng.random() < FLIP_PROBABILITY
+    return affine(scale, scale, angle, flip, (centre[0], centre[1]))
+
+
+def affine(scale_x: float, scale_y: float, angle: float, flip: bool, centre: tuple[float, float]) -> torch.Tensor:
+    """(1, 2, 3) map for ``F.affine_grid``: output normalised coordinates, flipped horizontally
+    if ``flip``, rotated by ``angle`` (radians), scaled, moved to ``centre`` of the input."""
+    sign = -1.0 if flip else 1.0
     cos, sin = math.cos(angle), math.sin(angle)
-    theta = [[flip * scale * cos, -scale * sin, centre[0]], [flip * scale * sin, scale * cos, centre[1]]]
+    theta = [[sign * scale_x * cos, -scale_x * sin, centre[0]], [sign * scale_y * sin, scale_y * cos, centre[1]]]
     return torch.tensor([theta], dtype=torch.float32)

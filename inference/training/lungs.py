@@ -25,6 +25,7 @@ from inference.device import choose_device
 from inference.models.unet import UNet
 from inference.resampling import window
 from inference.synth import LesionLibrary, insert_lesions
+from inference.training.augment import affine
 from inference.training.checkpoint import resume, save_checkpoint
 from inference.training.scans import TrainingScan, load_scans, spacing_zyx
 from inference.weights import LUNG_UNET, save_weights
@@ -136,10 +137,7 @@ def _crop_transform(
     scale_x = CROP * pixel_mm / (width * source_mm)
     scale_y = CROP * pixel_mm / (height * source_mm)
     angle = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
-    flip = -1.0 if rng.random() < 0.5 else 1.0
-    cos, sin = math.cos(angle), math.sin(angle)
-    theta = [[flip * scale_x * cos, -scale_x * sin, centre[0]], [flip * scale_y * sin, scale_y * cos, centre[1]]]
-    return torch.tensor([theta], dtype=torch.float32)
+    return affine(scale_x, scale_y, angle, rng.random() < 0.5, centre)
 
 
 def mean_iou(model: UNet, images: torch.Tensor, targets: torch.Tensor, device: torch.device) -> float:

@@ -7,7 +7,8 @@ import pytest
 
 from inference.classifier_input import SLICE_MM, classifier_input
 from inference.metrics import dice
-from inference.resampling import bounding_box, box_grid, sample, to_original, whole_grid, window
+from inference.grid import bounding_box
+from inference.resampling import box_grid, sample, to_original, whole_grid, window
 from inference.types import CTVolume
 
 
