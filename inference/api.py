@@ -9,6 +9,10 @@ calls :meth:`Analyzer.analyze` and nothing else. The steps (METHOD 1-9):
 4. lesions (positive scans only): CAM candidates and R3dcc on the classifier grid
    (:mod:`inference.localize`), mapped back to the original slices and measured there.
 
+With ``AnalysisOptions(classifier="2dclfnet")`` the paper's 2-D comparison network replaces
+DeCoVNet in step 3 (:mod:`inference.classifiers`). It gives the probability and the call only:
+step 4 needs DeCoVNet's CAM, so its findings have no lesions and no ``cam``.
+
 :func:`analyze` is the same with the default options (the shipped weights).
 """
 
@@ -28,12 +32,14 @@ import torch
 
 from inference.assess import not_assessable_reason
 from inference.classifier_input import ClassifierInput, classifier_input, pad_slices
+from inference.classifiers import classifier_spec
 from inference.device import choose_device
 from inference.grid import VoxelGrid
 from inference.localize import Localization, localize, upsample_cam
 from inference.lung_unet import segment_lungs_unet
 from inference.models.decovnet import COVID, DeCoVNet
 from inference.models.unet import UNet
+from inference.multilevel_cam import level_cams_on_original
 from inference.options import AnalysisOptions
 from inference.resampling import to_original
 from inference.types import (
@@ -46,11 +52,9 @@ from inference.types import (
     LungVolumes,
 )
 from inference.version import package_version
-from inference.weights import DECOVNET, LUNG_UNET, load_weights, read_manifest
+from inference.weights import LUNG_UNET, load_weights, read_manifest
 
 logger = logging.getLogger(__name__)
-
-ALGORITHM_NAME = "DeCoVNet"
 
 
 class Analyzer:
@@ -61,8 +65,12 @@ class Analyzer:
         self.device = choose_device(self.options.device, self.options.threads)
         folder = self.options.weights_dir
         self.unet = load_weights(UNet(), folder, LUNG_UNET).to(self.device)
-        self.decovnet = load_weights(DeCoVNet(), folder, DECOVNET).to(self.device)
-        self.version = _algorithm_version(read_manifest(folder), self.options)
+        spec = classifier_spec(self.options.classifier)
+        self.classifier = load_weights(spec.build(), folder, spec.weights).to(self.device)
+        self.decovnet = self.classifier if isinstance(self.classifier, DeCoVNet) else None
+        """The classifier when it is DeCoVNet, the only one with a CAM; None with 2DClfNet."""
+        self.algorithm_name = spec.algorithm_name
+        self.version = _algorithm_version(read_manifest(folder), self.options, spec.weights)
         self.timings: dict[str, float] = {}
         """Seconds per stage of the last :meth:`analyze` (for the benchmark)."""
 
@@ -75,7 +83,7 @@ class Analyzer:
         findings = Findings(
             lung_labels=labels,
             lungs=lungs,
-            algorithm_name=ALGORITHM_NAME,
+            algorithm_name=self.algorithm_name,
             algorithm_version=self.version,
             algorithm_family=AlgorithmFamily.ARTIFICIAL_INTELLIGENCE,
         )
@@ -89,6 +97,9 @@ class Analyzer:
         with self._stage("classifier"):
             probability, raw_cam = self._classify(prepared)
         classification = Classification(probability, self.options.threshold)
+        if raw_cam is None:  # 2DClfNet: no CAM, so no lesion localization
+            logger.info("COVID-19 probability %.3f (%s), no lesion localization", probability, self.algorithm_name)
+            return replace(findings, classification=classification)
         with self._stage("localization"):
             cam = upsample_cam(raw_cam, prepared.hu.shape, prepared.lungs)
             lesion_labels, lesions = None, ()
@@ -112,12 +123,25 @@ class Analyzer:
             cam=np.round(np.clip(cam_original, 0.0, 1.0) * 255.0).astype(np.uint8),
         )
 
-    def _classify(self, prepared: ClassifierInput) -> tuple[float, torch.Tensor]:
+    def multilevel_cams(self, volume: CTVolume, lung_labels: np.ndarray) -> dict[str, np.ndarray] | None:
+        """DeCoVNet's COVID-19 maps at three feature levels (:mod:`inference.multilevel_cam`),
+        uint8 on the original slices; None without lungs or without DeCoVNet. A backward pass:
+        for ``predict``, never part of :meth:`analyze`."""
+        if self.decovnet is None:
+            return None
+        return level_cams_on_original(self.decovnet, volume, lung_labels, self.device)
+
+    def _classify(self, prepared: ClassifierInput) -> tuple[float, torch.Tensor | None]:
+        """The COVID-19 probability and DeCoVNet's raw CAM (None with another classifier)."""
         x = pad_slices(prepared.tensor()).to(self.device)
         with torch.inference_mode():
-            logits, cam = self.decovnet.forward_with_cam(x)
+            if self.decovnet is None:
+                logits, cam = self.classifier(x), None
+            else:
+                logits, cam = self.decovnet.forward_with_cam(x)
+                cam = cam[:, : _feature_depth(prepared.hu.shape[0])]
             probability = torch.softmax(logits, dim=1)[0, COVID].item()
-        return probability, cam[:, : _feature_depth(prepared.hu.shape[0])]
+        return probability, cam
 
     @contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -164,13 +188,14 @@ def _lesions_on_original(
     return (labels if lesions else None), tuple(lesions)
 
 
-def _algorithm_version(manifest: dict[str, Any], options: AnalysisOptions) -> str:
-    """Package version plus a digest of the weights and of the options that change the results.
+def _algorithm_version(manifest: dict[str, Any], options: AnalysisOptions, classifier_weights: str) -> str:
+    """Package version plus a digest of the weights used (the lung U-Net's and the classifier's,
+    ``classifier_weights``) and of the options that change the results.
 
     The node derives its result UIDs from the algorithm version: retrained weights or another
     threshold must give new UIDs, or a PACS would keep the old objects and ignore the new ones.
     """
-    identity = [manifest.get(name, {}).get("sha256", "") for name in (LUNG_UNET, DECOVNET)]
+    identity = [manifest.get(name, {}).get("sha256", "") for name in (LUNG_UNET, classifier_weights)]
     identity += [repr(options.threshold), repr(options.min_lesion_score)]
     digest = hashlib.sha256("|".join(identity).encode()).hexdigest()[:8]
     return f"{package_version()}+{digest}"

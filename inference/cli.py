@@ -1,4 +1,4 @@
-"""``python -m inference``: model work from the command line (predict, train-lungs, train-classifier).
+"""``python -m inference``: model work from the command line (predict, train, evaluate).
 
 The DICOM node does not use this; it is for the engineer who retrains the models on local data
 or checks a scan by hand. Every command returns an exit code instead of raising.
@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from inference.options import CLASSIFIER_NAMES
 
 logger = logging.getLogger("inference")
 
@@ -27,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-lesion-score", type=float, default=0.3, help="lowest lesion score reported")
     predict.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    predict.add_argument(
+        "--cam-levels", action=argparse.BooleanOptionalAction, default=True,
+        help="also the CAMs of the stem and block 1 (Grad-CAM; one backward pass): cam-low/cam-mid.nii.gz, "
+        "overview rows per level (default: on)",
+    )
 
     lungs = commands.add_parser("train-lungs", help="train the lung U-Net on pseudo-labels")
     _training_arguments(lungs, steps=800)
@@ -34,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     lungs.add_argument("--lesions", type=Path, help="folder of lesion masks (*_mask.nii.gz) to insert")
     lungs.add_argument("--lesion-variants", type=int, default=6, help="lesion-inserted copies per scan")
 
-    classifier = commands.add_parser("train-classifier", help="train DeCoVNet")
+    classifier = commands.add_parser("train-classifier", help="train DeCoVNet (or the 2-D comparison network)")
     _training_arguments(classifier, steps=None)
+    classifier.add_argument(
+        "--model", choices=CLASSIFIER_NAMES, default="decovnet",
+        help="decovnet (default) or 2dclfnet, the paper's 2-D comparison network (weights clfnet2d.pt)",
+    )
     classifier.add_argument("--negatives", type=Path, nargs="+", required=True, help="COVID-19-negative CTs")
     classifier.add_argument("--positives", type=Path, nargs="*", default=[], help="COVID-19-positive CTs")
     classifier.add_argument("--lesions", type=Path, help="lesion masks: negatives with inserted lesions become positives")
@@ -47,9 +58,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classifier.add_argument("--min-lesion-ml", type=float, default=0.5, help="smallest lesion shape inserted")
     classifier.add_argument(
-        "--real-only-epochs", type=int, default=0, help="curriculum: epochs on the real scans before inserted lesions"
+        "--crop-slices", type=int, help="train on this many consecutive slices of each scan (default: all)"
+    )
+    classifier.add_argument(
+        "--lesion-only-epochs", type=int, default=0,
+        help="curriculum: epochs on the negatives and their lesion-inserted twins before the real positives join",
+    )
+    classifier.add_argument(
+        "--clip-grad-norm", type=float, default=1.0, help="largest gradient norm of a step (0: no clipping)"
     )
     classifier.add_argument("--validate-every", type=int, default=5, help="epochs between validations")
+    scores = commands.add_parser(
+        "evaluate", help="ROC/PR AUC with bootstrap CIs, operating points, calibration, lesion hits, lung Dice"
+    )
+    scores.add_argument(
+        "--predictions", type=Path, required=True,
+        help="the authors' released result file, a CSV (case,probability[,label]) or a folder of 'predict' outputs",
+    )
+    scores.add_argument(
+        "--truth", type=Path,
+        help="CSV case,label[,lesion_mask,lung_mask] (mask paths relative to it); its labels win",
+    )
+    scores.add_argument("--json", type=Path, help="write the figures and per-scan rows here")
+    scores.add_argument("--report", type=Path, help="folder for report.html and the ROC, PR and reliability PNGs")
+    scores.add_argument(
+        "--thresholds", type=float, nargs="+", default=[0.5], help="operating points (positive at >=; default 0.5)"
+    )
+    scores.add_argument(
+        "--target-sensitivity", type=float, default=0.95, help="also report the highest threshold reaching it"
+    )
+    scores.add_argument("--bootstrap", type=int, default=2000, help="resamples for the 95 %% CIs (0: none)")
+    scores.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+
     evaluate = commands.add_parser(
         "evaluate-inserted", help="evaluate on a held-out negative scan with and without inserted lesions"
     )
@@ -64,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--weights-dir", type=Path, help="weights folder (default: the shipped weights)")
     evaluate.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
+    heldout = commands.add_parser(
+        "evaluate-heldout", help="the model card's evaluation: both classifiers on every scan they were not trained on"
+    )
+    heldout.add_argument("--data", type=Path, required=True, help="the shared data folder (ct/, lesion-masks/)")
+    heldout.add_argument("--out", type=Path, required=True, help="folder for the per-case predict outputs and truth")
+    heldout.add_argument("--cases", type=int, default=4, help="lesion cases of the held-out negative scan")
+    heldout.add_argument("--seed", type=int, default=1000)
+    heldout.add_argument("--weights-dir", type=Path, help="weights folder (default: the shipped weights)")
+    heldout.add_argument("--threads", type=int, help="CPU threads (default: one per core)")
+    heldout.add_argument(
+        "--update", action="store_true",
+        help="also write heldout-evaluation.json and the model card's section into the weights folder",
+    )
     return parser
 
 
@@ -120,10 +173,13 @@ def _train_classifier(args: argparse.Namespace) -> int:
         lr=args.lr,
         lesion_count=tuple(args.lesion_count),
         min_lesion_ml=args.min_lesion_ml,
-        real_only_epochs=args.real_only_epochs,
+        lesion_only_epochs=args.lesion_only_epochs,
+        crop_slices=args.crop_slices,
+        clip_grad_norm=args.clip_grad_norm or None,
         validate_every=args.validate_every,
         device=args.device,
         threads=args.threads,
+        model=args.model,
     )
     logger.info("weights written to %s", train_classifier(config))
     return 0
@@ -133,6 +189,12 @@ def _predict(args: argparse.Namespace) -> int:
     from inference.predict import predict_command
 
     return predict_command(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from inference.evaluate_command import evaluate_command
+
+    return evaluate_command(args)
 
 
 def _evaluate_inserted(args: argparse.Namespace) -> int:
@@ -155,9 +217,30 @@ def _evaluate_inserted(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_heldout(args: argparse.Namespace) -> int:
+    import json
+
+    from inference.heldout import CARD_FILE, RESULT_FILE, HeldOutSettings, run_heldout, update_card
+    from inference.options import SHIPPED_WEIGHTS
+
+    weights = args.weights_dir or SHIPPED_WEIGHTS
+    settings = HeldOutSettings(
+        data=args.data, out=args.out, cases=args.cases, seed=args.seed, weights_dir=weights, threads=args.threads
+    )
+    text = json.dumps(run_heldout(settings), indent=2) + "\n"
+    (args.out / RESULT_FILE).write_text(text)
+    if args.update:
+        (weights / RESULT_FILE).write_text(text)
+        update_card(weights / CARD_FILE, json.loads(text))
+    print(text, end="")
+    return 0
+
+
 COMMANDS = {
     "predict": _predict,
     "train-lungs": _train_lungs,
     "train-classifier": _train_classifier,
+    "evaluate": _evaluate,
     "evaluate-inserted": _evaluate_inserted,
+    "evaluate-heldout": _evaluate_heldout,
 }

@@ -15,6 +15,7 @@ lesions (:mod:`inference.synth`), and the analysis is measured against them:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from inference.api import Analyzer
 from inference.grid import VoxelGrid
 from inference.io import read_volume
 from inference.lungs import segment_lungs
+from inference.mask_metrics import lesion_hit
 from inference.metrics import roc_auc
 from inference.synth import LesionLibrary, insert_lesions
+from inference.training.scans import spacing_zyx
 from inference.types import CTVolume, Findings
 
 logger = logging.getLogger(__name__)
@@ -50,19 +53,35 @@ def evaluate_inserted(
 ) -> dict[str, Any]:
     """Clean scan plus ``cases`` lesion cases; per-case results and the summary figures."""
     volume = read_volume(scan)
-    lungs = segment_lungs(volume) > 0
-    grid = VoxelGrid.of(volume)
-    z, y, x = volume.spacing[2], volume.spacing[1], volume.spacing[0]
     results = [_measure("clean", volume, None, analyzer.analyze(volume))]
-    for case in range(cases):
-        inserted = insert_lesions(
-            volume.hu, lungs, (z, y, x), library, np.random.default_rng([seed, case]), superior_is_up=grid.superior_is_up
-        )
-        with_lesions = CTVolume(inserted.hu, volume.spacing, volume.origin, volume.direction)
-        findings = analyzer.analyze(with_lesions)
-        results.append(_measure(f"lesions-{case}", with_lesions, inserted.mask, findings))
+    for case in lesion_cases(volume, library, cases, seed):
+        results.append(_measure(case.name, case.volume, case.mask, analyzer.analyze(case.volume)))
         logger.info("%s", results[-1])
     return {"scan": scan.name, "seed": seed, "cases": [asdict(r) for r in results], **summarize(results)}
+
+
+@dataclass(frozen=True)
+class LesionCase:
+    """The held-out scan with inserted lesions, and their voxel truth (bool, the scan's shape)."""
+
+    name: str
+    volume: CTVolume
+    mask: np.ndarray
+
+
+def lesion_cases(volume: CTVolume, library: LesionLibrary, cases: int, seed: int) -> Iterator[LesionCase]:
+    """``cases`` copies of ``volume``, each with new lesions (case k draws from ``[seed, k]``).
+
+    Lesions go into the classical lung mask on the original grid, so the truth is exact on the
+    scan every model sees.
+    """
+    lungs = segment_lungs(volume) > 0
+    superior_is_up = VoxelGrid.of(volume).superior_is_up
+    for case in range(cases):
+        rng = np.random.default_rng([seed, case])
+        inserted = insert_lesions(volume.hu, lungs, spacing_zyx(volume), library, rng, superior_is_up=superior_is_up)
+        with_lesions = CTVolume(inserted.hu, volume.spacing, volume.origin, volume.direction)
+        yield LesionCase(f"lesions-{case}", with_lesions, inserted.mask)
 
 
 def _measure(name: str, volume: CTVolume, truth: np.ndarray | None, findings: Findings) -> CaseResult:
@@ -71,9 +90,8 @@ def _measure(name: str, volume: CTVolume, truth: np.ndarray | None, findings: Fi
     if truth is not None and truth.any():
         inside = float((truth & (findings.lung_labels > 0)).sum() / truth.sum())
         if classification is not None and classification.positive:
-            hits = [_centre_inside(volume, truth, lesion.centre_mm) for lesion in findings.lesions]
-            primary = [h for h, lesion in zip(hits, findings.lesions) if lesion.primary]
-            primary_hit, any_hit = (primary[0] if primary else False), any(hits)
+            hit = lesion_hit(truth, VoxelGrid.of(volume), findings.lesions)
+            primary_hit, any_hit = hit.primary, hit.any
     return CaseResult(
         case=name,
         label=0 if truth is None else 1,
@@ -85,15 +103,6 @@ def _measure(name: str, volume: CTVolume, truth: np.ndarray | None, findings: Fi
         any_hit=any_hit,
         reported_lesions=len(findings.lesions),
     )
-
-
-def _centre_inside(volume: CTVolume, truth: np.ndarray, centre_mm: tuple[float, float, float]) -> bool:
-    """Whether the patient-space point falls in a voxel of ``truth``."""
-    grid = VoxelGrid.of(volume)
-    index = np.rint(np.linalg.solve(grid.steps.T, np.asarray(centre_mm) - grid.origin)).astype(int)
-    if np.any(index < 0) or np.any(index >= np.array(truth.shape)):
-        return False
-    return bool(truth[tuple(index)])
 
 
 def summarize(results: list[CaseResult]) -> dict[str, Any]:

@@ -93,6 +93,15 @@ class VoxelGrid:
         """2-D grid of slice ``index`` (axes 1 and 2)."""
         return VoxelGrid(self.origin + index * self.steps[0], self.steps[1:])
 
+    def nearest_index(self, point_mm: Sequence[float]) -> np.ndarray:
+        """Index (numpy axis order) of the voxel whose centre is nearest the patient point.
+
+        The same voxel as SimpleITK's ``TransformPhysicalPointToIndex`` (reversed to z, y, x),
+        save for points exactly halfway between two centres. It may lie outside the array.
+        """
+        offset = np.asarray(point_mm, dtype=float) - self.origin
+        return np.rint(np.linalg.solve(self.steps.T, offset)).astype(int)
+
     def patient_x(self, mask: np.ndarray) -> np.ndarray:
         """Patient x (LPS: towards the patient's left) of every voxel in ``mask``."""
         x = np.full(mask.shape, self.origin[0])
@@ -101,6 +110,18 @@ class VoxelGrid:
             shape[axis] = size
             x = x + (np.arange(size) * self.steps[axis, 0]).reshape(shape)
         return x[mask]
+
+
+def point_in_mask(mask: np.ndarray, grid: VoxelGrid, point_mm: Sequence[float]) -> bool:
+    """Whether a patient-space point (LPS, mm) falls in a nonzero voxel of ``mask``.
+
+    The lesion hit test (METHOD step 10): is the centre of a reported lesion inside the truth?
+    A point outside the array is a miss.
+    """
+    index = grid.nearest_index(point_mm)
+    if np.any(index < 0) or np.any(index >= np.array(mask.shape)):
+        return False
+    return bool(mask[tuple(index)])
 
 
 def to_sitk(mask: np.ndarray, grid: VoxelGrid) -> sitk.Image:

@@ -8,6 +8,9 @@ from pathlib import Path
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 """Weights produced by this project's training commands and shipped in the package."""
 
+CLASSIFIER_NAMES = ("decovnet", "2dclfnet")
+"""The classifiers of :mod:`inference.classifiers`, named here without importing torch."""
+
 
 @dataclass(frozen=True)
 class AnalysisOptions:
@@ -20,6 +23,10 @@ class AnalysisOptions:
     - ``weights_dir``: folder with ``lung_unet.pt``, ``decovnet.pt`` and ``manifest.json``
       (SHA-256 of each), as written by ``python -m inference train-lungs`` /
       ``train-classifier``; a site points it at its own retrained weights.
+    - ``classifier``: "decovnet" (the default), or "2dclfnet", the paper's 2-D comparison
+      network, whose weights (``clfnet2d.pt``, ``train-classifier --model 2dclfnet``) must be in
+      ``weights_dir``. 2DClfNet gives the probability and the call only: lesion localization uses
+      DeCoVNet's class activation map, so with it ``Findings.lesions`` is empty and ``cam`` None.
     """
 
     threshold: float = 0.5
@@ -27,6 +34,7 @@ class AnalysisOptions:
     threads: int | None = None
     device: str = "auto"
     weights_dir: Path = SHIPPED_WEIGHTS
+    classifier: str = "decovnet"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -37,3 +45,5 @@ class AnalysisOptions:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.classifier not in CLASSIFIER_NAMES:
+            raise ValueError(f"classifier must be one of {', '.join(CLASSIFIER_NAMES)}, got {self.classifier!r}")

@@ -3,7 +3,9 @@
 Why a picture: ``findings.json`` says how much lung and lesion the analysis found, not whether it
 found them in the right place. One PNG with a few axial and coronal sections, the lung outlines,
 the class activation map and the lesion outlines shows at a glance a segmentation that leaks,
-a swapped side or a heat map on the wrong lung. Pillow and numpy only (no plotting library).
+a swapped side or a heat map on the wrong lung. ``predict`` adds a band of the same sections per
+CAM level (:mod:`inference.multilevel_cam`), to compare what each level of the network responds
+to. Pillow and numpy only (no plotting library).
 
 Display conventions: axial sections in the radiological view (patient right on image left,
 anterior at the top), coronal sections with the head at the top; every section keeps its
@@ -12,6 +14,7 @@ physical aspect ratio, and all share one millimetre scale.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +51,14 @@ class Panel:
     """Where one section lies in the overview: ``box`` is (left, top, right, bottom) in pixels.
 
     ``index`` is the plane's index along the axis it cuts, the array axis closest to patient z
-    (axial) or y (coronal): for a series of axial slices, the slice or row index.
+    (axial) or y (coronal): for a series of axial slices, the slice or row index. ``level`` is
+    the title of the heat map's band (a CAM level), empty when there is one band.
     """
 
     view: str
     index: int
     box: tuple[int, int, int, int]
+    level: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,27 +95,29 @@ class _Scene:
     hu: np.ndarray
     lungs: np.ndarray
     lesions: np.ndarray | None
-    cam: np.ndarray | None
     grid: VoxelGrid
+    order: tuple[int, int, int]
+    """The volume's axes in axial order (how every map given later is reordered)."""
 
     @classmethod
     def of(cls, volume: CTVolume, findings: Findings) -> _Scene:
         grid = VoxelGrid.of(volume)
         order = grid.axial_order()
-
-        def reorder(array: np.ndarray | None) -> np.ndarray | None:
-            return None if array is None else np.transpose(array, order)
-
         return cls(
             hu=np.transpose(volume.hu, order),
             lungs=np.transpose(findings.lung_labels, order),
-            lesions=reorder(findings.lesion_labels),
-            cam=reorder(findings.cam),
+            lesions=None if findings.lesion_labels is None else np.transpose(findings.lesion_labels, order),
             grid=grid.permuted(order),
+            order=order,
         )
 
-    def section(self, axis: int, index: int) -> _Section:
-        """The plane ``index`` across ``axis``, flipped into the display conventions."""
+    def reorder(self, array: np.ndarray | None) -> np.ndarray | None:
+        """A map in the volume's axis order (a heat map) in the scene's."""
+        return None if array is None else np.transpose(array, self.order)
+
+    def section(self, axis: int, index: int, cam: np.ndarray | None = None) -> _Section:
+        """The plane ``index`` across ``axis``, flipped into the display conventions, with the
+        heat map ``cam`` (in the scene's axis order, :meth:`reorder`)."""
         rows_axis, cols_axis = (a for a in range(3) if a != axis)
         flips = tuple(
             dim
@@ -126,7 +133,7 @@ class _Scene:
             hu=plane(self.hu),
             lungs=plane(self.lungs),
             lesions=None if self.lesions is None else plane(self.lesions),
-            cam=None if self.cam is None else plane(self.cam),
+            cam=None if cam is None else plane(cam),
             row_mm=float(spacing[rows_axis]),
             col_mm=float(spacing[cols_axis]),
         )
@@ -135,6 +142,19 @@ class _Scene:
         """Patient coordinate (the one ``axis`` runs along) at the centre of plane ``index``."""
         coordinate = SCREEN_DIRECTION[axis][0]
         return float(self.grid.origin[coordinate] + index * self.grid.steps[axis, coordinate])
+
+    def label(self, axis: int, index: int) -> str:
+        """The section's caption: view, the coordinate it cuts and where, e.g. "axial z 12 mm"."""
+        return f"{VIEW_NAMES[axis]} {'xyz'[SCREEN_DIRECTION[axis][0]]} {self.position_mm(axis, index):.0f} mm"
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """A rendered section and where it goes."""
+
+    panel: Panel
+    pixels: np.ndarray
+    label: str
 
 
 def caption(findings: Findings) -> str:
@@ -151,43 +171,73 @@ def caption(findings: Findings) -> str:
     )
 
 
-def write_overview(volume: CTVolume, findings: Findings, path: Path) -> None:
-    image, _ = render_overview(volume, findings)
+def write_overview(
+    volume: CTVolume, findings: Findings, path: Path, levels: Sequence[tuple[str, np.ndarray]] = ()
+) -> None:
+    image, _ = render_overview(volume, findings, levels)
     image.save(path)
 
 
-def render_overview(volume: CTVolume, findings: Findings) -> tuple[Image.Image, tuple[Panel, ...]]:
+def render_overview(
+    volume: CTVolume, findings: Findings, levels: Sequence[tuple[str, np.ndarray]] = ()
+) -> tuple[Image.Image, tuple[Panel, ...]]:
     """The overview picture and where each section lies in it.
 
-    Top row: axial sections through the primary and then the largest lesions, filled up with
-    sections spread through the lungs; bottom row: coronal sections chosen the same way.
+    A band of sections per heat map: an axial row through the primary and then the largest
+    lesions, filled up with sections spread through the lungs, and below it a coronal row chosen
+    the same way. ``levels`` (title, uint8 map like ``findings.cam``) gives one titled band per
+    map, all on the same sections so that the maps can be compared; without, one band shows
+    ``findings.cam``.
     """
     scene = _Scene.of(volume, findings)
     chosen = _chosen_planes(scene, findings.lesions)
-    sections = {(axis, index): scene.section(axis, index) for axis, index in chosen}
-    scale = PANEL_PX / max(max(section.extent_mm) for section in sections.values())
-
-    placed: list[tuple[Panel, np.ndarray, str]] = []
+    scale = PANEL_PX / max(max(scene.section(axis, index).extent_mm) for axis, index in chosen)
+    texts = [((4, 4), caption(findings))]
+    tiles: list[_Tile] = []
     top = CAPTION_PX
+    for title, cam in levels or (("", findings.cam),):
+        if title:
+            texts.append(((4, top + 4), title))
+            top += CAPTION_PX
+        top = _place_band(scene, chosen, scale, title, scene.reorder(cam), top, tiles)
+    return _compose(tiles, texts, top - GAP_PX), tuple(tile.panel for tile in tiles)
+
+
+def _place_band(
+    scene: _Scene,
+    chosen: list[tuple[int, int]],
+    scale: float,
+    title: str,
+    cam: np.ndarray | None,
+    top: int,
+    tiles: list[_Tile],
+) -> int:
+    """Renders the ``chosen`` sections with heat map ``cam`` into ``tiles``, one row per view
+    from ``top`` down; returns the top of the next row."""
     for axis in (AXIAL, CORONAL):
         left, row_height = 0, 0
         for index in (index for view, index in chosen if view == axis):
-            tile = _render_section(sections[axis, index], scale)
-            height, width = tile.shape[:2]
-            label = f"{VIEW_NAMES[axis]} {'xyz'[SCREEN_DIRECTION[axis][0]]} {scene.position_mm(axis, index):.0f} mm"
-            placed.append((Panel(VIEW_NAMES[axis], index, (left, top, left + width, top + height)), tile, label))
+            pixels = _render_section(scene.section(axis, index, cam), scale)
+            height, width = pixels.shape[:2]
+            panel = Panel(VIEW_NAMES[axis], index, (left, top, left + width, top + height), title)
+            tiles.append(_Tile(panel, pixels, scene.label(axis, index)))
             left += width + GAP_PX
             row_height = max(row_height, height)
         top += row_height + GAP_PX
+    return top
 
-    width = max(panel.box[2] for panel, _, _ in placed)
-    image = Image.new("RGB", (width, top - GAP_PX), (0, 0, 0))
+
+def _compose(tiles: list[_Tile], texts: list[tuple[tuple[int, int], str]], height: int) -> Image.Image:
+    """The tiles pasted on black, each with its label, and the free ``texts`` (position, text)."""
+    width = max(tile.panel.box[2] for tile in tiles)
+    image = Image.new("RGB", (width, height), (0, 0, 0))
     draw = ImageDraw.Draw(image)
-    draw.text((4, 4), caption(findings), fill=TEXT_COLOUR)
-    for panel, tile, label in placed:
-        image.paste(Image.fromarray(tile), panel.box[:2])
-        draw.text((panel.box[0] + 3, panel.box[1] + 2), label, fill=TEXT_COLOUR)
-    return image, tuple(panel for panel, _, _ in placed)
+    for tile in tiles:
+        image.paste(Image.fromarray(tile.pixels), tile.panel.box[:2])
+    labels = [((tile.panel.box[0] + 3, tile.panel.box[1] + 2), tile.label) for tile in tiles]
+    for position, text in [*texts, *labels]:
+        draw.text(position, text, fill=TEXT_COLOUR)
+    return image
 
 
 def _chosen_planes(scene: _Scene, lesions: tuple[Lesion, ...]) -> list[tuple[int, int]]:

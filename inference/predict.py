@@ -3,6 +3,10 @@
 Why files and not DICOM: the engineer who retrains the models checks them on local scans
 without a PACS. The output folder holds ``findings.json`` (the numbers of the SR), the masks as
 NIfTI on the source's geometry (they overlay the source in any viewer) and ``overview.png``.
+
+Unless ``--no-cam-levels``, it also holds the class activation maps of the lower feature levels
+(:mod:`inference.multilevel_cam`: ``cam-low.nii.gz``, ``cam-mid.nii.gz``; ``cam.nii.gz`` is the
+high level, the analysis's CAM), and the overview shows the three levels on the same sections.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ import numpy as np
 
 from inference.api import Analyzer
 from inference.io import read_volume, write_nifti
+from inference.multilevel_cam import LEVELS
 from inference.options import SHIPPED_WEIGHTS, AnalysisOptions
 from inference.overview import caption, write_overview
 from inference.types import CTVolume, Findings, Lesion
@@ -27,6 +33,8 @@ FINDINGS_JSON = "findings.json"
 LUNGS_NIFTI = "lungs.nii.gz"
 LESIONS_NIFTI = "lesions.nii.gz"
 CAM_NIFTI = "cam.nii.gz"
+CAM_LEVEL_NIFTI = {"low": "cam-low.nii.gz", "mid": "cam-mid.nii.gz"}
+"""The lower CAM levels' files; the high level is the analysis's CAM, `CAM_NIFTI`."""
 OVERVIEW_PNG = "overview.png"
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -41,14 +49,27 @@ def predict_command(args: argparse.Namespace) -> int:
     analyzer = Analyzer(options)  # before reading: missing weights fail fast
     volume = read_volume(args.source)
     findings = analyzer.analyze(volume)
+    levels = cam_levels(analyzer, volume, findings) if args.cam_levels else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = findings_record(findings, volume, args.source, options.threshold)
     (out / FINDINGS_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    write_masks(volume, findings, out)
-    write_overview(volume, findings, out / OVERVIEW_PNG)
+    write_masks(volume, findings, out, levels)
+    write_overview(volume, findings, out / OVERVIEW_PNG, [(LEVELS[name], cam) for name, cam in levels.items()])
     logger.info("%s; results in %s", caption(findings), out)
     return 0
+
+
+def cam_levels(analyzer: Analyzer, volume: CTVolume, findings: Findings) -> dict[str, np.ndarray]:
+    """The CAM at each level (:data:`LEVELS`), uint8 on the source's slices; none when the
+    classifier did not run. The high level is ``findings.cam`` itself, so that the overview
+    shows exactly the map the analysis reported and localized with."""
+    if findings.cam is None:
+        return {}
+    started = time.perf_counter()
+    levels = analyzer.multilevel_cams(volume, findings.lung_labels)
+    logger.info("CAM levels in %.1f s", time.perf_counter() - started)
+    return {} if levels is None else {**levels, "high": findings.cam}
 
 
 def findings_record(findings: Findings, volume: CTVolume, source: Path, threshold: float) -> dict[str, Any]:
@@ -99,14 +120,20 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def write_masks(volume: CTVolume, findings: Findings, out: Path) -> None:
-    """The label maps and the CAM as NIfTI on the source geometry.
+def write_masks(
+    volume: CTVolume, findings: Findings, out: Path, levels: dict[str, np.ndarray] | None = None
+) -> None:
+    """The label maps, the CAM and the lower CAM ``levels`` (:func:`cam_levels`) as NIfTI on
+    the source geometry.
 
     A map the findings lack is removed from ``out``, so a rerun into the same folder never
     leaves a stale lesion mask beside new findings.
     """
     write_nifti(volume, findings.lung_labels.astype(np.uint8, copy=False), out / LUNGS_NIFTI)
-    for array, name in ((findings.lesion_labels, LESIONS_NIFTI), (findings.cam, CAM_NIFTI)):
+    levels = levels or {}
+    maps = [(findings.lesion_labels, LESIONS_NIFTI), (findings.cam, CAM_NIFTI)]
+    maps += [(levels.get(level), name) for level, name in CAM_LEVEL_NIFTI.items()]
+    for array, name in maps:
         if array is None:
             (out / name).unlink(missing_ok=True)
         else:

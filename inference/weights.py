@@ -19,6 +19,7 @@ import torch
 MANIFEST = "manifest.json"
 LUNG_UNET = "lung_unet.pt"
 DECOVNET = "decovnet.pt"
+CLFNET2D = "clfnet2d.pt"
 
 
 class WeightsError(RuntimeError):

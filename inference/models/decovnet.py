@@ -3,7 +3,7 @@
 Input: a batch of one volume, 2 channels (CT scaled to 0..1 and the binary lung mask), T slices
 of 224x336 (T varies from scan to scan, so batch size is 1). Output: logits for
 (negative, COVID-19). The block-2 features are kept for the class activation map (METHOD step 9),
-which needs the head's weights chained into one vector per class (:meth:`DeCoVNet.cam_weights`).
+which needs the head's weights chained into one vector per class (:meth:`DeCoVNet.cam`).
 """
 
 from __future__ import annotations
@@ -103,12 +103,23 @@ class DeCoVNet(nn.Module):
         """Block-2 features, (1, 128, T/2, H/8, W/8): what the CAM is computed from."""
         return self.block2(self.pool1(self.block1(self.stem(x))))
 
+    def feature_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stem's output (1, 16, T, H/4, W/4), block 1's (1, 64, T, H/4, W/4) and block 2's
+        (:meth:`features`): the three levels of :mod:`inference.multilevel_cam`."""
+        stem = self.stem(x)
+        block1 = self.block1(stem)
+        return stem, block1, self.block2(self.pool1(block1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the raw COVID-class activation map (1, T/2, H/8, W/8), before ReLU."""
         features = self.features(x)
+        return self.head(features), self.cam(features)
+
+    def cam(self, features: torch.Tensor) -> torch.Tensor:
+        """The raw COVID-class activation map of block-2 ``features``: the head's chained class
+        weights (:meth:`ProgressiveClassifier.class_weights`) summed over the channels."""
         weights = self.head.class_weights()[COVID]
-        cam = torch.einsum("c,bczyx->bzyx", weights, features)
-        return self.head(features), cam
+        return torch.einsum("c,bczyx->bzyx", weights, features)

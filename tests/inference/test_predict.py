@@ -12,8 +12,11 @@ from PIL import Image
 from inference import predict
 from inference.cli import main
 from inference.io import read_volume, write_nifti
+from inference.multilevel_cam import LEVELS
 from inference.options import AnalysisOptions
 from inference.overview import (
+    CAPTION_PX,
+    GAP_PX,
     LESION_COLOUR,
     LUNG_COLOUR,
     Panel,
@@ -214,10 +217,52 @@ def test_overview_without_lesions_or_cam(changes: dict) -> None:
     assert not np.all(pixels == LESION_COLOUR, axis=-1).any()
 
 
+def drawn_levels(phantom, findings: Findings) -> dict[str, np.ndarray]:
+    """CAM levels drawn by hand: low all over the left lung, mid nowhere, high the findings' CAM."""
+    return {"low": (phantom.left * 255).astype(np.uint8), "mid": np.zeros_like(findings.cam), "high": findings.cam}
+
+
+def test_overview_has_a_band_per_cam_level_on_the_same_sections(phantom, phantom_findings: Findings) -> None:
+    single, single_panels = render_overview(phantom.volume, phantom_findings)
+    levels = drawn_levels(phantom, phantom_findings)
+    image, panels = render_overview(phantom.volume, phantom_findings, [(LEVELS[n], cam) for n, cam in levels.items()])
+    pixels = np.array(image)
+
+    titles = list(LEVELS.values())
+    assert titles == ["low (stem)", "mid (block 1)", "high (block 2)"]
+    assert [p.level for p in panels] == [title for title in titles for _ in single_panels]
+    assert {p.level for p in single_panels} == {""}
+    assert image.width == single.width
+    band = single.height - CAPTION_PX + GAP_PX  # one band of sections
+    assert image.height == CAPTION_PX + 3 * (CAPTION_PX + band) - GAP_PX
+
+    by_level = {title: [p for p in panels if p.level == title] for title in titles}
+    for title, band_panels in by_level.items():
+        # The same sections in every band, each band below its title.
+        assert [(p.view, p.index) for p in band_panels] == [(p.view, p.index) for p in single_panels]
+        top = min(p.box[1] for p in band_panels)
+        assert (pixels[top - CAPTION_PX : top].min(axis=-1) > 128).sum() > 20, f"{title}: title drawn (white text)"
+    # The high band is the single overview's band; each band shows its own map.
+    high = by_level["high (block 2)"]
+    for panel, alone in zip(high, single_panels):
+        np.testing.assert_array_equal(crop(pixels, panel)[20:], crop(np.array(single), alone)[20:])
+    axial = [next(p for p in by_level[title] if p.view == "axial") for title in titles]
+    low, mid, _ = (crop(pixels, p).astype(int) for p in axial)
+    assert warm_pixels(low) > 1000 and warm_pixels(mid) == 0
+
+
+def warm_pixels(tile: np.ndarray) -> int:
+    """Pixels tinted by the red-to-yellow heat map (grey CT and blue outlines are not)."""
+    return int(((tile[..., 0] - tile[..., 2]) > 40).sum())
+
+
+
 def test_predict_command_writes_every_map_of_positive_findings(
     phantom, phantom_findings: Findings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writing side on its own (the analysis stubbed): lesion and CAM maps, a positive record."""
+    """The writing side on its own (the analysis stubbed): lesion, CAM and CAM-level maps, a
+    positive record; without CAM levels, none computed and no stale ones left."""
+    calls = []
 
     class DrawnAnalyzer:
         def __init__(self, options: AnalysisOptions) -> None:
@@ -226,12 +271,18 @@ def test_predict_command_writes_every_map_of_positive_findings(
         def analyze(self, volume: CTVolume) -> Findings:
             return phantom_findings
 
+        def multilevel_cams(self, volume: CTVolume, lung_labels: np.ndarray) -> dict[str, np.ndarray]:
+            calls.append(volume)
+            np.testing.assert_array_equal(lung_labels, phantom_findings.lung_labels)
+            return drawn_levels(phantom, phantom_findings)
+
     monkeypatch.setattr(predict, "Analyzer", DrawnAnalyzer)
     source = tmp_path / "phantom.nii.gz"
     write_nifti(phantom.volume, phantom.volume.hu, source)
     out = tmp_path / "out"
+    command = ["predict", str(source), "--out", str(out), "--threads", "1", "--threshold", "0.3"]
 
-    assert main(["predict", str(source), "--out", str(out), "--threads", "1", "--threshold", "0.3"]) == 0
+    assert main(command) == 0
 
     record = json.loads((out / "findings.json").read_text())
     assert record["positive"] is True and record["lesions"][0]["kind"] == "consolidation"
@@ -239,7 +290,21 @@ def test_predict_command_writes_every_map_of_positive_findings(
     np.testing.assert_array_equal(lesions.hu, phantom.consolidation)
     assert lesions.origin == pytest.approx(phantom.volume.origin)
     np.testing.assert_array_equal(read_volume(out / "cam.nii.gz").hu, phantom_findings.cam)
-    assert (out / "overview.png").is_file()
+    levels = drawn_levels(phantom, phantom_findings)
+    for name in ("low", "mid"):
+        written = read_volume(out / f"cam-{name}.nii.gz")
+        np.testing.assert_array_equal(written.hu, levels[name])
+        assert written.origin == pytest.approx(phantom.volume.origin)
+    with_levels = Image.open(out / "overview.png").size
+    assert len(calls) == 1
+
+    assert main([*command, "--no-cam-levels"]) == 0
+
+    assert len(calls) == 1, "no CAM levels computed"
+    assert not (out / "cam-low.nii.gz").exists() and not (out / "cam-mid.nii.gz").exists()
+    assert (out / "cam.nii.gz").is_file()
+    width, height = Image.open(out / "overview.png").size
+    assert width == with_levels[0] and 2.5 * height < with_levels[1]
 
 
 def test_predict_command_writes_findings_masks_and_overview(phantom, tmp_path: Path) -> None:
@@ -253,6 +318,10 @@ def test_predict_command_writes_findings_masks_and_overview(phantom, tmp_path: P
     assert record["source"] == str(source)
     assert record["shape"] == list(phantom.volume.hu.shape)
     assert (out / "overview.png").is_file()
+    assert record["probability"] is not None, "the phantom is classified, so it has a CAM"
+    for name in ("cam.nii.gz", "cam-low.nii.gz", "cam-mid.nii.gz"):
+        cam = read_volume(out / name)
+        assert cam.hu.shape == phantom.volume.hu.shape and cam.hu.min() >= 0 and cam.hu.max() <= 255, name
     lungs = read_volume(out / "lungs.nii.gz")
     assert lungs.hu.shape == phantom.volume.hu.shape
     assert lungs.spacing == pytest.approx(phantom.volume.spacing)

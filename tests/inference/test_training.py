@@ -15,7 +15,7 @@ from conftest import SHARED_DATA, require_path
 from inference.cli import main
 from inference.io import write_nifti
 from inference.training.augment import augment
-from inference.training.classifier import ClassifierTrainingConfig, train_classifier
+from inference.training.classifier import ClassifierTrainingConfig, epoch_pairs, slice_window, train_classifier
 from inference.training.lungs import LungTrainingConfig, train_lungs
 from inference.weights import DECOVNET, LUNG_UNET, read_manifest, sha256_of
 
@@ -64,10 +64,53 @@ def test_classifier_training_shows_progress_and_resumes(phantom_nifti, mosmed, t
     assert record["inserted_lesion_positives"] is True
 
 
+def test_classifier_trains_on_slice_windows_with_a_lesion_curriculum(phantom_nifti, mosmed, tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    config = ClassifierTrainingConfig(
+        negatives=(phantom_nifti,), positives=(phantom_nifti,), lesions=mosmed, out=tmp_path, epochs=2,
+        validate_every=2, threads=1, crop_slices=12, lesion_only_epochs=1,
+    )
+    train_classifier(config)
+    record = read_manifest(tmp_path)[DECOVNET]
+    assert record["crop_slices"] == 12 and record["lesion_only_epochs"] == 1
+    assert "epoch 2/2 loss" in caplog.text and "validation AUC" in caplog.text
+
+
+def test_a_lesion_curriculum_needs_lesions(phantom_nifti, tmp_path) -> None:
+    config = ClassifierTrainingConfig(
+        negatives=(phantom_nifti,), positives=(phantom_nifti,), lesions=None, out=tmp_path, epochs=1, lesion_only_epochs=1
+    )
+    with pytest.raises(ValueError, match="--lesions"):
+        train_classifier(config)
+
+
 def test_classifier_training_needs_both_classes(phantom_nifti, tmp_path) -> None:
     config = ClassifierTrainingConfig(negatives=(phantom_nifti,), positives=(), lesions=None, out=tmp_path, epochs=1)
     with pytest.raises(ValueError, match="negatives and positives"):
         train_classifier(config)
+
+
+def test_each_negative_is_paired_with_its_lesion_twin_and_classes_balance() -> None:
+    scans = {name: object() for name in ("neg-a", "neg-b", "neg-c", "pos")}
+    negatives = [(n, scans[n]) for n in ("neg-a", "neg-b", "neg-c")]
+    positives = [("pos", scans["pos"])]
+    pairs = epoch_pairs(negatives, positives, synthetic=True)
+    assert [(n.name, p.name) for n, p in pairs] == [
+        ("neg-a", "neg-a+lesions"), ("neg-b", "neg-b+lesions"), ("neg-c", "neg-c+lesions"), ("neg-a", "pos")
+    ]
+    assert all(n.label == 0 and p.label == 1 for n, p in pairs)
+    assert all(p.insert and p.prepared is n.prepared for n, p in pairs[:3]) and not pairs[3][1].insert
+    real = epoch_pairs(negatives, positives, synthetic=False)
+    assert [(n.name, p.name) for n, p in real] == [("neg-a", "pos"), ("neg-b", "pos"), ("neg-c", "pos")]
+
+
+def test_slice_window_stays_inside_the_scan() -> None:
+    assert slice_window(100, None, 0.7) == slice(None)
+    assert slice_window(20, 32, 0.7) == slice(None)  # a short scan is taken whole
+    assert slice_window(100, 32, 0.0) == slice(0, 32)
+    assert slice_window(100, 32, 0.999) == slice(68, 100)
+    starts = {slice_window(100, 32, p).start for p in np.linspace(0, 0.999, 500)}
+    assert starts == set(range(69))
 
 
 def test_the_cli_reports_a_failed_training_instead_of_raising(tmp_path) -> None:
