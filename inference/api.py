@@ -105,7 +105,7 @@ class Analyzer:
             lesion_labels, lesions = None, ()
             if classification.positive:  # lesions are reported for positive calls only
                 found = localize(cam, prepared.hu, prepared.lungs, self.options.min_lesion_score, prepared.grid.voxel_ml)
-                lesion_labels, lesions = _lesions_on_original(volume, prepared, found)
+                lesion_labels, lesions = _lesions_on_original(volume, labels > 0, prepared, found)
             cam_original = to_original(volume, prepared.grid, cam)
         logger.info(
             "COVID-19 probability %.3f (%s at %.2f), %d lesions, lungs %.0f ml",
@@ -156,12 +156,19 @@ def _feature_depth(slices: int) -> int:
 
 
 def _lesions_on_original(
-    volume: CTVolume, prepared: ClassifierInput, found: Localization
+    volume: CTVolume, lungs: np.ndarray, prepared: ClassifierInput, found: Localization
 ) -> tuple[np.ndarray | None, tuple[Lesion, ...]]:
-    """Candidates mapped onto the original slices, measured there; vanished ones dropped."""
+    """Candidates mapped onto the original slices and measured there, inside ``lungs`` only.
+
+    The candidates lie in the lungs of the coarse classifier grid; mapped back, a candidate at
+    the pleura or the hilum spills over the finer lung outline, and a lung lesion's outline,
+    volume and centre must not include chest wall or mediastinum. Candidates that vanish are
+    dropped.
+    """
     if not found.candidates:
         return None, ()
     mapped = to_original(volume, prepared.grid, found.labels, labels=True)
+    mapped[~lungs] = 0
     grid = VoxelGrid.of(volume)
     index = np.arange(1, len(found.candidates) + 1)
     counts = np.bincount(mapped.ravel(), minlength=len(index) + 1)
