@@ -19,7 +19,6 @@ report marks it so. The result is tiny, and the card says so.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from inference.io import read_volume, write_nifti
 from inference.mask_metrics import lung_dice
 from inference.metrics import roc_auc
 from inference.options import SHIPPED_WEIGHTS, AnalysisOptions
-from inference.predict import FINDINGS_JSON, LUNGS_NIFTI, findings_record, write_masks
+from inference.predict import LUNGS_NIFTI, write_results
 from inference.predictions import apply_truth, load_predictions, load_truth
 from inference.synth import LesionLibrary
 from inference.types import CTVolume
@@ -89,18 +88,20 @@ def run_heldout(settings: HeldOutSettings) -> dict[str, Any]:
         "seen_in_training": list(SEEN_IN_TRAINING),
         "classifiers": {},
     }
-    for name in settings.classifiers:
-        analyzer = Analyzer(
-            AnalysisOptions(classifier=name, weights_dir=settings.weights_dir, threads=settings.threads)
-        )
+    analyzers = [
+        Analyzer(AnalysisOptions(classifier=name, weights_dir=settings.weights_dir, threads=settings.threads))
+        for name in settings.classifiers
+    ]
+    for name, analyzer in zip(settings.classifiers, analyzers, strict=True):
         folder = settings.out / name
         for case in cases:
-            _predict_into(analyzer, case, folder / case.name)
+            findings = analyzer.analyze(case.volume)
+            write_results(folder / case.name, case.volume, findings, Path(case.name), analyzer.options.threshold)
         records = apply_truth(load_predictions(folder), load_truth(truth_csv))
         document = build_document(records, source=str(folder), resamples=2000, seed=0)
         result["classifiers"][name] = _summary(document)
         logger.info("%s: ROC AUC %s", name, document["roc_auc"])
-    result["lung_dice"] = _lung_reference_dice(settings, Analyzer(AnalysisOptions(weights_dir=settings.weights_dir)))
+    result["lung_dice"] = _lung_reference_dice(settings, analyzers[0])  # the lung U-Net is shared
     return result
 
 
@@ -130,15 +131,6 @@ def _write_truth(cases: Sequence[Case], folder: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
-
-
-def _predict_into(analyzer: Analyzer, case: Case, folder: Path) -> None:
-    """What ``python -m inference predict`` writes, minus the overview."""
-    findings = analyzer.analyze(case.volume)
-    folder.mkdir(parents=True, exist_ok=True)
-    record = findings_record(findings, case.volume, Path(case.name), analyzer.options.threshold)
-    (folder / FINDINGS_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    write_masks(case.volume, findings, folder)
 
 
 def _summary(document: dict[str, Any]) -> dict[str, Any]:
@@ -177,8 +169,7 @@ def _lung_reference_dice(settings: HeldOutSettings, analyzer: Analyzer) -> dict[
     volume = read_volume(settings.data / LUNG_REFERENCE_SCAN)
     findings = analyzer.analyze(volume)
     folder = settings.out / "lung-reference"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_masks(volume, findings, folder)
+    write_results(folder, volume, findings, Path(LUNG_REFERENCE_SCAN), analyzer.options.threshold)
     lobes = sorted((settings.data / LUNG_REFERENCE_MASKS).glob("*.nii.gz"))
     union = None
     for lobe in lobes:

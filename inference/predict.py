@@ -51,10 +51,7 @@ def predict_command(args: argparse.Namespace) -> int:
     findings = analyzer.analyze(volume)
     levels = cam_levels(analyzer, volume, findings) if args.cam_levels else {}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    record = findings_record(findings, volume, args.source, options.threshold)
-    (out / FINDINGS_JSON).write_text(json.dumps(record, indent=2) + "\n")
-    write_masks(volume, findings, out, levels)
+    write_results(out, volume, findings, args.source, options.threshold, levels)
     write_overview(volume, findings, out / OVERVIEW_PNG, [(LEVELS[name], cam) for name, cam in levels.items()])
     logger.info("%s; results in %s", caption(findings), out)
     return 0
@@ -70,6 +67,21 @@ def cam_levels(analyzer: Analyzer, volume: CTVolume, findings: Findings) -> dict
     levels = analyzer.multilevel_cams(volume, findings.lung_labels)
     logger.info("CAM levels in %.1f s", time.perf_counter() - started)
     return {} if levels is None else {**levels, "high": findings.cam}
+
+
+def write_results(
+    out: Path,
+    volume: CTVolume,
+    findings: Findings,
+    source: Path,
+    threshold: float,
+    levels: dict[str, np.ndarray] | None = None,
+) -> None:
+    """``findings.json`` and the masks in ``out`` (created): what ``evaluate`` reads back."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = findings_record(findings, volume, source, threshold)
+    (out / FINDINGS_JSON).write_text(json.dumps(record, indent=2) + "\n")
+    write_masks(volume, findings, out, levels)
 
 
 def findings_record(findings: Findings, volume: CTVolume, source: Path, threshold: float) -> dict[str, Any]:
