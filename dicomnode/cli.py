@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dicomnode import __version__
-from dicomnode.settings import ConfigError, Settings, load_settings, with_overrides
+from dicomnode.settings import ConfigError, Destination, DicomDestination, Settings, load_settings, with_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     echo.add_argument("peer", nargs="?", metavar="AET@HOST:PORT", help="peer to verify (default: the configured node)")
     echo.add_argument("--aet", "--aetitle", dest="aet", help="calling AE title (default: the node's)")
 
-    process = commands.add_parser("process", help="analyse a folder of DICOM files offline; write SEG + SR")
+    process = commands.add_parser("process", help="analyse a folder of DICOM files offline; write SEG, SR and key images")
     _add_config(process)
     process.add_argument("folder", type=Path, help="folder with the DICOM files of one or more series")
-    process.add_argument("--out", type=Path, required=True, help="folder for the SEG and SR files")
+    process.add_argument("--out", type=Path, required=True, help="folder for the result files")
 
     status = commands.add_parser("status", help="queued, running, done and failed series")
     _add_config(status)
@@ -95,7 +95,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _echo(args: argparse.Namespace, settings: Settings) -> int:
     from dicomnode.send import DestinationUnavailable
     from dicomnode.send.scu import echo
-    from dicomnode.settings import DicomDestination, parse_destination
+    from dicomnode.settings import parse_destination
 
     peer = (
         parse_destination(args.peer)
@@ -157,10 +157,22 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
         f"weights {analysis.weights_dir or 'shipped with the package'}"
     )
     for destination in settings.destinations:
-        print(f"  destination {destination}")
+        print(f"  destination {describe_destination(destination)}")
     if not settings.destinations:
         print("  no destinations: results stay in the outbox")
     return 0
+
+
+def describe_destination(destination: Destination) -> str:
+    """One line for an operator: where a destination is and what it receives."""
+    where = (
+        f"DICOM {destination.ae_title}@{destination.host}:{destination.port}"
+        if isinstance(destination, DicomDestination)
+        else f"folder {destination.path}"
+    )
+    delivery = destination.delivery
+    seg = f", SEG {delivery.seg_type}" if "seg" in delivery.objects or "sr" in delivery.objects else ""
+    return f"{destination.name}: {where} ({', '.join(delivery.objects)}{seg})"
 
 
 COMMANDS = {"serve": _serve, "echo": _echo, "process": _process, "status": _status, "check-config": _check_config}

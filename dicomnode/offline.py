@@ -1,7 +1,8 @@
 """``dicomnode process``: the node's pipeline on a folder, without the network.
 
-The same series rules, volume builder, analysis and encoders as the running node; the SEG and
-SR land in the output folder as ``<series UID>/<SOP instance UID>.dcm``.
+The same series rules, volume builder, analysis and encoders as the running node; every object
+the node would write for its configured destinations (SEG, SR, key images; a SEG and an SR per
+SEG encoding they ask for) lands in the output folder as ``<series UID>/<SOP instance UID>.dcm``.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def process_folder(
         target = out / safe_name(series_uid)
         target.mkdir(parents=True, exist_ok=True)
         files = []
-        for dataset in result.datasets:
+        for dataset in (result_object.dataset for result_object in result.objects):
             path = target / f"{safe_name(dataset.SOPInstanceUID)}.dcm"
             dataset.save_as(path, enforce_file_format=True)
             files.append(str(path))

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset
-
-from dicomnode.encode import encode_results
+from dicomnode.encode import encode_for_destinations
+from dicomnode.results import ResultObject
 from dicomnode.settings import Settings
 from dicomnode.volume import build_volume
 from inference import CTVolume, Findings
@@ -42,7 +41,7 @@ def build_analyze(settings: Settings) -> Analyze:
 class SeriesResult:
     """The objects written for a series, and a summary of what was found (no patient data)."""
 
-    datasets: list[Dataset]
+    objects: list[ResultObject]
     summary: dict[str, Any]
 
 
@@ -96,11 +95,11 @@ def describe_summary(summary: dict[str, Any] | None) -> str:
 
 
 def analyse_series(paths: Sequence[Path], settings: Settings, analyze: Analyze) -> SeriesResult:
-    """Files of one series -> volume -> findings -> SEG + SR datasets (the SR alone for a scan
-    without lungs, which the analysis reports as not assessable).
+    """Files of one series -> volume -> findings -> what the destinations want: SEG + SR (the SR
+    alone for a scan without lungs, which the analysis reports as not assessable), key images.
 
     Raises ``VolumeError`` or ``EncodingError`` for input that can never be analysed.
     """
     series = build_volume(paths)
     findings = analyze(series.volume)
-    return SeriesResult(datasets=encode_results(series, findings, settings), summary=summarize(findings))
+    return SeriesResult(objects=encode_for_destinations(series, findings, settings), summary=summarize(findings))

@@ -107,6 +107,15 @@ class EncodingSettings:
     sr_series_number: int = 9902
     seg_series_description: str = "Lungs and lesions (AI, research use)"
     sr_series_description: str = "COVID-19 assessment (AI, research use)"
+    #: Leave SEG frames without any segment voxel out. Off by default: viewers that place frames
+    #: by their index (older OHIF/Cornerstone) misplace a SEG whose empty frames are omitted.
+    omit_empty_frames: bool = False
+    key_image_series_number: int = 9903
+    key_image_series_description: str = "Key images (AI, research use)"
+    #: Axial key images per series: through the largest lesions, else through the lungs.
+    key_image_count: int = 3
+    #: Burned into every key image under the findings (the SEG and SR say it in their series descriptions).
+    key_image_disclaimer: str = "Research use only. Not for diagnosis."
 
 
 #: Devices the analysis may run on ("auto": CUDA when present, else the CPU).
@@ -157,6 +166,30 @@ class SenderSettings:
     max_refusals: int = 3
 
 
+#: The result objects a destination can receive: the Segmentation, the TID 1500 report, and
+#: key images (Secondary Capture with the findings burned in, for PACS and viewers without SEG).
+RESULT_OBJECTS = ("seg", "sr", "key-images")
+#: SEG encodings: BINARY (one frame per segment and slice; every viewer with SEG support) or
+#: LABELMAP (one frame per slice holding segment numbers: small; recent viewers only).
+SEG_TYPES = ("binary", "labelmap")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one destination receives: which result objects, and which SEG encoding.
+
+    The SR references the SEG of the destination's ``seg_type`` (a destination that takes the SR
+    without the SEG gets references to a SEG it does not hold; the measurements stand alone).
+    """
+
+    objects: tuple[str, ...] = RESULT_OBJECTS
+    seg_type: str = "binary"
+
+    def wants(self, kind: str, seg_type: str | None) -> bool:
+        """Whether a result object of ``kind`` (SEG/SR encoded for ``seg_type``) goes here."""
+        return kind in self.objects and (seg_type is None or seg_type == self.seg_type)
+
+
 @dataclass(frozen=True)
 class DicomDestination:
     """A DICOM peer that receives results by C-STORE."""
@@ -165,6 +198,7 @@ class DicomDestination:
     ae_title: str
     host: str
     port: int
+    delivery: Delivery = field(default_factory=Delivery)
 
 
 @dataclass(frozen=True)
@@ -173,6 +207,7 @@ class FolderDestination:
 
     name: str
     path: Path
+    delivery: Delivery = field(default_factory=Delivery)
 
 
 Destination = DicomDestination | FolderDestination
@@ -326,6 +361,13 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Checker]]] = {
             "sr_series_number": lambda k, v: _check_int(k, v, 1, 2**31 - 1),
             "seg_series_description": lambda k, v: _check_str(k, v, re.compile(r"^.{1,64}$"), "1-64 characters"),
             "sr_series_description": lambda k, v: _check_str(k, v, re.compile(r"^.{1,64}$"), "1-64 characters"),
+            "omit_empty_frames": _check_bool,
+            "key_image_series_number": lambda k, v: _check_int(k, v, 1, 2**31 - 1),
+            "key_image_series_description": lambda k, v: _check_str(
+                k, v, re.compile(r"^.{1,64}$"), "1-64 characters"
+            ),
+            "key_image_count": lambda k, v: _check_int(k, v, 1, 20),
+            "key_image_disclaimer": lambda k, v: _check_str(k, v, re.compile(r"^.{0,200}$"), "at most 200 characters"),
         },
     ),
     "analysis": (
@@ -368,25 +410,43 @@ def _build_destination(index: int, raw: Any) -> Destination:
     kind = raw.get("type")
     name = _check_str(f"{where}.name", raw.get("name", f"destination-{index}"))
     if kind == "dicom":
-        known = {"type", "name", "ae_title", "host", "port"}
+        required = {"type", "ae_title", "host", "port"}
     elif kind == "folder":
-        known = {"type", "name", "path"}
+        required = {"type", "path"}
     else:
         raise ConfigError(f"{where}.type: must be 'dicom' or 'folder', got {kind!r}")
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - required - {"name", *_DELIVERY_KEYS})
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown key for a {kind} destination")
-    for key in known - {"name"}:
-        if key not in raw:
-            raise ConfigError(f"{where}.{key}: missing (required for a {kind} destination)")
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: missing (required for a {kind} destination)")
+    delivery = _build_delivery(where, raw)
     if kind == "folder":
-        return FolderDestination(name=name, path=_check_path(f"{where}.path", raw["path"]))
+        return FolderDestination(name=name, path=_check_path(f"{where}.path", raw["path"]), delivery=delivery)
     return DicomDestination(
         name=name,
         ae_title=check_ae_title(f"{where}.ae_title", raw["ae_title"]),
         host=_check_str(f"{where}.host", raw["host"], re.compile(r".+"), "a host name or address"),
         port=_check_int(f"{where}.port", raw["port"], 1, 65535),
+        delivery=delivery,
     )
+
+
+_DELIVERY_KEYS = ("objects", "seg_type")
+
+
+def _build_delivery(where: str, raw: dict[str, Any]) -> Delivery:
+    """A destination's ``objects`` (a non-empty list of RESULT_OBJECTS) and ``seg_type``."""
+    default = Delivery()
+    objects = raw.get("objects", list(default.objects))
+    chosen = _check_list(f"{where}.objects", objects, lambda k, v: _check_choice(k, v, RESULT_OBJECTS))
+    if not chosen:
+        raise ConfigError(f"{where}.objects: must name at least one of {', '.join(RESULT_OBJECTS)}")
+    if len(set(chosen)) < len(chosen):
+        raise ConfigError(f"{where}.objects: names an object twice, got {objects!r}")
+    seg_type = _check_choice(f"{where}.seg_type", raw.get("seg_type", default.seg_type), SEG_TYPES)
+    return Delivery(objects=chosen, seg_type=seg_type)
 
 
 def settings_from_dict(raw: dict[str, Any]) -> Settings:

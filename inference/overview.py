@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from inference.grid import VoxelGrid, bounding_box
 from inference.resampling import window
@@ -44,6 +44,9 @@ LUNG_COLOUR = (0, 170, 255)
 LESION_COLOUR = (0, 255, 0)
 """Green: apart from both the blue lung outline and the red-yellow heat map."""
 TEXT_COLOUR = (255, 255, 255)
+KEY_IMAGE_FONT_PX = 15
+KEY_IMAGE_MIN_WIDTH_PX = 512
+"""Key images are drawn at the CT's own pixel size, but no narrower than this (the caption needs room)."""
 
 
 @dataclass(frozen=True)
@@ -324,3 +327,47 @@ def _outline(labels: np.ndarray) -> np.ndarray:
     for dr, dc in ((0, 1), (2, 1), (1, 0), (1, 2)):
         differs |= padded[dr : dr + rows, dc : dc + cols] != labels
     return (labels != 0) & differs
+
+
+def key_image_planes(volume: CTVolume, findings: Findings, count: int) -> list[int]:
+    """Up to ``count`` axial plane indices for key images, chosen like the overview's axial row:
+    through the primary and then the largest lesions, filled up with planes spread through the
+    lungs (a negative scan gets those alone). For a series of axial slices, the slice indices."""
+    scene = _Scene.of(volume, findings)
+    centres = _lesion_centres(scene.lesions, findings.lesions)
+    box = bounding_box(scene.lungs > 0) or tuple(slice(0, n) for n in scene.lungs.shape)
+    return _pick([centre[AXIAL] for centre in centres], box[AXIAL], count)
+
+
+def render_key_image(volume: CTVolume, findings: Findings, index: int, lines: Sequence[str]) -> np.ndarray:
+    """RGB pixels (uint8, rows x columns x 3) of axial plane ``index`` with the overview's
+    overlays (lung outline, heat map in the lungs, lesion outlines) and ``lines`` of text in a
+    band below it: a key image, legible in any viewer without SEG support.
+
+    The plane is drawn at the CT's own pixel size (square pixels at the finer of its two
+    spacings), scaled up when narrower than `KEY_IMAGE_MIN_WIDTH_PX`.
+    """
+    scene = _Scene.of(volume, findings)
+    section = scene.section(AXIAL, index, scene.reorder(findings.cam))
+    scale = 1.0 / min(section.row_mm, section.col_mm)
+    scale *= max(1.0, KEY_IMAGE_MIN_WIDTH_PX / section.size_px(scale)[0])
+    pixels = _render_section(section, scale)
+    font = ImageFont.load_default(size=KEY_IMAGE_FONT_PX)
+    margin, line_px = 6, KEY_IMAGE_FONT_PX + 5
+    wrapped = [part for text in lines for part in _wrap(text, font, pixels.shape[1] - 2 * margin)]
+    band = Image.new("RGB", (pixels.shape[1], line_px * len(wrapped) + 2 * margin), (0, 0, 0))
+    draw = ImageDraw.Draw(band)
+    for number, text in enumerate(wrapped):
+        draw.text((margin, margin + number * line_px), text, fill=TEXT_COLOUR, font=font)
+    return np.concatenate([pixels, np.asarray(band)], axis=0)
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word stands alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]

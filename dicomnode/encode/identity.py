@@ -35,7 +35,28 @@ SEG_INSTANCE = "seg"
 SR_INSTANCE = "sr"
 SEG_SERIES = "seg-series"
 SR_SERIES = "sr-series"
+KEY_IMAGE_SERIES = "key-image-series"
 TOTAL_LUNG_TRACKING = "tracking-total-lung"
+
+
+def seg_kinds(seg_type: str) -> tuple[str, str]:
+    """(instance, series) kinds of the SEG of ``seg_type``; the BINARY ones are the plain names,
+    so BINARY results keep the UIDs they had before LABELMAP existed."""
+    return _with_seg_type(SEG_INSTANCE, seg_type), _with_seg_type(SEG_SERIES, seg_type)
+
+
+def sr_kinds(seg_type: str) -> tuple[str, str]:
+    """(instance, series) kinds of the SR that references the SEG of ``seg_type``."""
+    return _with_seg_type(SR_INSTANCE, seg_type), _with_seg_type(SR_SERIES, seg_type)
+
+
+def key_image_kind(index: int) -> str:
+    """Object kind of the ``index``-th key image (from 1)."""
+    return f"key-image-{index}"
+
+
+def _with_seg_type(kind: str, seg_type: str) -> str:
+    return kind if seg_type == "binary" else f"{kind}-{seg_type}"
 
 
 def tracking_kind(segment_key: str) -> str:

@@ -1,19 +1,28 @@
-"""The lung and lesion masks as a DICOM Segmentation (BINARY), built through highdicom's typed classes.
+"""The lung and lesion masks as a DICOM Segmentation, BINARY or LABELMAP, built through highdicom.
 
 Frame k of the mask is slice k of the volume, whose source dataset is ``series.datasets[k]``;
-highdicom takes each frame's position and per-frame source image reference from that dataset,
-so the SEG lies exactly on the CT slices it was computed from. Frames without the segment are
-left out (:data:`OMIT_EMPTY_FRAMES`). No lung at all is an :class:`EncodingError` here; the
-caller writes a scan without lungs as a report alone (:func:`dicomnode.encode.encode_results`).
+highdicom takes each frame's plane position and per-frame source image reference from that
+dataset (and the plane orientation, shared by all frames), so the SEG lies exactly on the CT
+slices it was computed from and a viewer can place every frame by its reference alone.
 
-Lesions lie inside the lungs, so with lesions the segments overlap and cannot share one label
-map: highdicom then gets one binary mask per segment (SegmentsOverlap YES). highdicom checks
-the overlap by summing the masks into a 64-bit count per voxel, so encoding costs about
-(segments + 9) bytes per voxel it is given. Two things keep that down without changing the
-object: highdicom is given only the slices from the first to the last one holding a segment
-(the others are referenced as further source images; their frames would be empty and left
-out), and the masks are laid out segment by segment, so each frame highdicom takes is one
-contiguous plane. The lung-only SEG keeps the compact label map.
+Empty frames are kept unless ``encoding.omit_empty_frames`` is set: viewers that place frames
+by their index misplace a SEG whose empty frames are missing. No lung at all is an
+:class:`EncodingError` here; the caller writes a scan without lungs as a report alone
+(:func:`dicomnode.encode.encode_results`).
+
+Two encodings, chosen per destination (:class:`dicomnode.settings.Delivery`):
+
+- **BINARY**: one 1-bit frame per segment and slice. Lesions lie inside the lungs, so with
+  lesions the segments overlap (SegmentsOverlap YES) and highdicom gets one mask per segment.
+  It checks the overlap by summing the masks into a 64-bit count per voxel, so encoding costs
+  about (segments + 9) bytes per voxel it is given; the masks are laid out segment by segment,
+  so each frame highdicom takes is one contiguous plane. With omitted empty frames, highdicom is
+  also given only the slices from the first to the last one holding a segment (the others are
+  referenced as further source images).
+- **LABELMAP**: one 8-bit frame per slice holding segment numbers (DICOM 2024, recent viewers
+  such as OHIF 3.10): a lesion voxel shows its lesion, so there a lung segment is the lung
+  without its lesions (:func:`dicomnode.encode.segments.shown_lung_labels`; the SR measures
+  each segment as shown).
 """
 
 from __future__ import annotations
@@ -28,11 +37,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from dicomnode.encode.identity import (
-    SEG_INSTANCE,
-    SEG_SERIES,
     derived_uid,
     device_identity,
     seg_algorithm_identification,
+    seg_kinds,
     tracking_kind,
 )
 from dicomnode.encode.segments import (
@@ -44,6 +52,7 @@ from dicomnode.encode.segments import (
     check_labels,
     lesion_segments,
     present_segments,
+    shown_lung_labels,
 )
 from dicomnode.settings import Settings
 from dicomnode.volume import SeriesVolume
@@ -55,9 +64,11 @@ CONTENT_LABEL = "LUNGS"
 CONTENT_DESCRIPTION = "Lung segmentation"
 CONTENT_DESCRIPTION_WITH_LESIONS = "Lungs and lesion candidates"
 
-#: Whether frames without the segment are left out (highdicom's default, stated here). The slice
-#: range given to highdicom depends on it: without omission every slice is given.
-OMIT_EMPTY_FRAMES = True
+#: highdicom's name of each SEG encoding of :data:`dicomnode.settings.SEG_TYPES`.
+SEGMENTATION_TYPES = {
+    "binary": hd.seg.SegmentationTypeValues.BINARY,
+    "labelmap": hd.seg.SegmentationTypeValues.LABELMAP,
+}
 
 #: Attributes highdicom copies from the source images (Type 2 in CT Image: present, maybe empty).
 _PATIENT_STUDY_ATTRIBUTES = (
@@ -66,18 +77,25 @@ _PATIENT_STUDY_ATTRIBUTES = (
 )
 
 
-def encode_seg(series: SeriesVolume, findings: Findings, settings: Settings) -> hd.seg.Segmentation:
-    """A BINARY Segmentation of the lungs, then of each lesion, on the source slices of ``series``.
+def encode_seg(
+    series: SeriesVolume, findings: Findings, settings: Settings, seg_type: str = "binary"
+) -> hd.seg.Segmentation:
+    """A Segmentation (``seg_type`` "binary" or "labelmap") of the lungs, then of each lesion, on
+    the source slices of ``series``.
 
     Raises :class:`EncodingError` when there is no lung, or when the findings or the source
     headers cannot make a valid object.
     """
+    if seg_type not in SEGMENTATION_TYPES:
+        raise ValueError(f"seg_type must be one of {', '.join(SEGMENTATION_TYPES)}, got {seg_type!r}")
     labels = findings.lung_labels
     check_labels(labels, series.volume.hu.shape)
     segments = present_segments(labels)
     lesions = lesion_segments(findings, after=len(segments))
     sources = _source_images(series.datasets)
-    planes = _segment_planes(findings) if OMIT_EMPTY_FRAMES else slice(0, len(sources))
+    omit = settings.encoding.omit_empty_frames
+    planes = _segment_planes(findings) if omit and seg_type == "binary" else slice(0, len(sources))
+    instance_kind, series_kind = seg_kinds(seg_type)
     device = device_identity(settings)
     context = (series, findings, settings)
     descriptions = [
@@ -92,12 +110,12 @@ def encode_seg(series: SeriesVolume, findings: Findings, settings: Settings) -> 
         seg = hd.seg.Segmentation(
             source_images=sources[planes],
             further_source_images=sources[: planes.start] + sources[planes.stop :] or None,
-            pixel_array=_pixel_array(findings, segments, lesions, planes),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            pixel_array=_pixel_array(findings, segments, lesions, planes, seg_type),
+            segmentation_type=SEGMENTATION_TYPES[seg_type],
             segment_descriptions=descriptions,
-            series_instance_uid=derived_uid(SEG_SERIES, series, findings, settings),
+            series_instance_uid=derived_uid(series_kind, series, findings, settings),
             series_number=settings.encoding.seg_series_number,
-            sop_instance_uid=derived_uid(SEG_INSTANCE, series, findings, settings),
+            sop_instance_uid=derived_uid(instance_kind, series, findings, settings),
             instance_number=1,
             manufacturer=device.manufacturer,
             manufacturer_model_name=device.model_name,
@@ -107,12 +125,12 @@ def encode_seg(series: SeriesVolume, findings: Findings, settings: Settings) -> 
             series_description=settings.encoding.seg_series_description,
             content_label=CONTENT_LABEL,
             content_description=CONTENT_DESCRIPTION_WITH_LESIONS if lesions else CONTENT_DESCRIPTION,
-            omit_empty_frames=OMIT_EMPTY_FRAMES,
+            omit_empty_frames=omit,
         )
     except ValueError as error:  # highdicom's word that these inputs make no valid SEG
         raise EncodingError(f"the lung segmentation cannot be encoded: {error}") from error
     names = [n.segment.name for n in segments] + [lesion.name for lesion in lesions]
-    logger.info("Encoded SEG %s: %s", seg.SOPInstanceUID, ", ".join(names))
+    logger.info("Encoded %s SEG %s: %s", seg_type.upper(), seg.SOPInstanceUID, ", ".join(names))
     return seg
 
 
@@ -134,17 +152,30 @@ def _segment_planes(findings: Findings) -> slice:
 
 
 def _pixel_array(
-    findings: Findings, segments: Sequence[NumberedSegment], lesions: Sequence[LesionSegment], planes: slice
+    findings: Findings,
+    segments: Sequence[NumberedSegment],
+    lesions: Sequence[LesionSegment],
+    planes: slice,
+    seg_type: str,
 ) -> np.ndarray:
-    """The masks of slices ``planes`` as highdicom takes them: a label map without lesions, else
-    one mask per segment.
+    """The masks of slices ``planes`` as highdicom takes them: a map of segment numbers (a
+    LABELMAP, or a BINARY SEG without lesions), else one mask per segment.
 
     In the stacked form, ``[..., n - 1]`` is segment ``n``: the lung segments, then the lesions.
     It is a (slices, rows, columns, segments) view of a bool array stored segment by segment, so
     that one segment's frame is a contiguous plane (highdicom encodes frame by frame).
     """
-    labels = findings.lung_labels[planes]
     lesion_labels = findings.lesion_labels
+    if seg_type == "labelmap":
+        numbers = _segment_number_map(shown_lung_labels(findings)[planes], segments)
+        if lesions and lesion_labels is not None:
+            shown = lesion_labels[planes]
+            lookup = np.zeros(len(lesions) + 1, dtype=np.uint8)
+            for lesion in lesions:
+                lookup[lesion.lesion.label] = lesion.number
+            numbers = np.where(shown > 0, lookup[shown], numbers)
+        return numbers
+    labels = findings.lung_labels[planes]
     if not lesions or lesion_labels is None:  # lesion_segments() found no lesions without a map
         return _segment_number_map(labels, segments)
     lesion_labels = lesion_labels[planes]

@@ -97,14 +97,26 @@ def present_segments(labels: np.ndarray) -> list[NumberedSegment]:
     return [NumberedSegment(number, segment) for number, segment in enumerate(present, start=1)]
 
 
-def segment_volume_ml(segment: LungSegment, findings: Findings, voxel_volume_ml: float, alone: bool) -> float:
+def shown_lung_labels(findings: Findings) -> np.ndarray:
+    """The lung labels as a LABELMAP SEG shows them: lesion voxels belong to their lesion, not the lung."""
+    if findings.lesion_labels is None or not findings.lesions:
+        return findings.lung_labels
+    return np.where(findings.lesion_labels > 0, 0, findings.lung_labels).astype(findings.lung_labels.dtype)
+
+
+def segment_volume_ml(
+    segment: LungSegment, findings: Findings, voxel_volume_ml: float, alone: bool, labelmap: bool = False
+) -> float:
     """The volume reported for a segment.
 
     The analysis states the right, left and total volumes; those are reported as they are. A
     "Lung" segment alone is the whole lung (the total). A "Lung" segment beside right/left
     segments, or a side whose volume the analysis left out, is measured on the label map: the
-    voxels the SEG shows times the voxel volume.
+    voxels the SEG shows times the voxel volume. In a LABELMAP SEG with lesions, a lung segment
+    shows the lung without its lesions, and that is what its volume measures.
     """
+    if labelmap and findings.lesions:
+        return float(np.count_nonzero(shown_lung_labels(findings) == segment.label)) * voxel_volume_ml
     lungs = findings.lungs
     stated = {LungLabel.RIGHT: lungs.right_ml, LungLabel.LEFT: lungs.left_ml}.get(segment.label)
     if stated is not None:

@@ -10,8 +10,13 @@ When the classifier ran, a second TID 1501 group assesses the whole scan for COV
 probability, the threshold, the call (positive/negative), the number of lesions, their total
 volume and the percentage of the lung they involve; or, for a scan it could not assess, the call
 "indeterminate" and the reason as text, without a probability. Each lesion then gets its own
-TID 1411 group referencing its SEG segment. Findings without a classifier give the report as
-before: lung groups only.
+TID 1411 group referencing its SEG segment, and a TID 1410 group with its outline on its key
+slice (an SCOORD polyline on the source CT image where the lesion is largest) and its area
+there: viewers that list measurements with an image region (OHIF's SR display) list each lesion
+and jump to it. Findings without a classifier give the report as before: lung groups only.
+
+The report references one SEG; a LABELMAP SEG gets a report of its own (other UIDs), whose lung
+volumes measure the lung segments as that SEG shows them (without the lesions).
 
 A scan in which no lung was found at all (the analysis then says it is not assessable) has no
 SEG: its report holds the assessment group alone (the call "indeterminate" and the reason; no
@@ -32,15 +37,15 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 
 from dicomnode.encode.identity import (
-    SR_INSTANCE,
-    SR_SERIES,
     TOTAL_LUNG_TRACKING,
     DeviceIdentity,
     derived_uid,
     device_identity,
     sr_algorithm_identification,
+    sr_kinds,
     tracking_kind,
 )
+from dicomnode.encode.outline import key_planes, outline
 from dicomnode.encode.segments import (
     LUNG,
     LUNG_SEGMENTS,
@@ -74,6 +79,7 @@ PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 THRESHOLD = hd.sr.CodedConcept("122411", "DCM", "Threshold Value")
 NUMBER_OF_LESIONS = hd.sr.CodedConcept("246206008", "SCT", "Number of lesions")
 MEAN_ATTENUATION = hd.sr.CodedConcept("112181", "DCM", "Mean Attenuation Coefficient")
+AREA = hd.sr.CodedConcept("42798000", "SCT", "Area")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 
 #: The private coding scheme of the concepts DICOM and SNOMED CT have no code for.
@@ -86,9 +92,14 @@ LUNG_INVOLVEMENT = hd.sr.CodedConcept("LUNG-INVOLVEMENT", PRIVATE_SCHEME, "Perce
 #: Units (UCUM).
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
+SQUARE_MILLIMETRE = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
 HOUNSFIELD_UNIT = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
 
-_Group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+_Group = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
 
 
 def _private_scheme() -> CodingSchemeIdentificationItem:
@@ -110,6 +121,8 @@ def encode_sr(
     assessable: the report then states that, with the reason, and nothing else.
     """
     device = device_identity(settings)
+    labelmap = seg is not None and seg.SegmentationType == "LABELMAP"
+    instance_kind, series_kind = sr_kinds("labelmap" if labelmap else "binary")
     groups: list[_Group]
     if seg is None:
         _check_without_seg(findings)
@@ -117,13 +130,18 @@ def encode_sr(
     else:
         segments, lesions = _segments_of(seg, findings)
         groups = [
-            _segment_group(numbered, series, seg, findings, settings, alone=len(segments) == 1)
+            _segment_group(numbered, series, seg, findings, settings, alone=len(segments) == 1, labelmap=labelmap)
             for numbered in segments
         ]
         groups.append(_total_group(series, findings, settings))
         if _assessed(findings):
             groups.append(_assessment_group(series, findings, settings))
-        groups += [_lesion_group(lesion, series, seg, findings, settings) for lesion in lesions]
+        planes = key_planes(findings.lesion_labels) if lesions and findings.lesion_labels is not None else {}
+        for lesion in lesions:
+            groups += [
+                _lesion_group(lesion, series, seg, findings, settings),
+                _lesion_outline_group(lesion, planes[lesion.lesion.label], series, findings, settings),
+            ]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(device),
         procedure_reported=CT_CHEST,
@@ -134,9 +152,9 @@ def encode_sr(
         sr = hd.sr.Comprehensive3DSR(
             evidence=[*series.datasets] if seg is None else [*series.datasets, seg],
             content=report,
-            series_instance_uid=derived_uid(SR_SERIES, series, findings, settings),
+            series_instance_uid=derived_uid(series_kind, series, findings, settings),
             series_number=settings.encoding.sr_series_number,
-            sop_instance_uid=derived_uid(SR_INSTANCE, series, findings, settings),
+            sop_instance_uid=derived_uid(instance_kind, series, findings, settings),
             instance_number=1,
             manufacturer=device.manufacturer,
             institution_name=device.institution_name,
@@ -202,6 +220,8 @@ def _segments_of(seg: hd.seg.Segmentation, findings: Findings) -> tuple[list[Num
     numbered: list[NumberedSegment] = []
     lesion_items = []
     for item in seg.SegmentSequence:
+        if int(item.SegmentNumber) == 0:  # a LABELMAP's background segment: nothing to measure
+            continue
         code = item.SegmentedPropertyTypeCodeSequence[0].CodeValue
         category = item.SegmentedPropertyCategoryCodeSequence[0].CodeValue
         if category == MORPHOLOGICALLY_ABNORMAL.value:
@@ -260,10 +280,11 @@ def _segment_group(
     findings: Findings,
     settings: Settings,
     alone: bool,
+    labelmap: bool,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """The volume of one SEG segment, in a group that references the segment."""
     segment = numbered.segment
-    volume_ml = segment_volume_ml(segment, findings, series.volume.voxel_volume_ml, alone=alone)
+    volume_ml = segment_volume_ml(segment, findings, series.volume.voxel_volume_ml, alone=alone, labelmap=labelmap)
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(segment.key, segment.name, series, findings, settings),
         referenced_segment=_reference(seg, numbered.number, series),
@@ -368,4 +389,40 @@ def _lesion_group(
             _measurement(MEAN_ACTIVATION, stated.score, NO_UNITS, findings),
             _measurement(MEAN_ATTENUATION, stated.mean_hu, HOUNSFIELD_UNIT, findings),
         ],
+    )
+
+
+def _lesion_outline_group(
+    lesion: LesionSegment,
+    key_plane: tuple[int, np.ndarray],
+    series: SeriesVolume,
+    findings: Findings,
+    settings: Settings,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """One lesion on its key slice (``key_plane``: the slice index and the lesion's mask there):
+    its outline there (SCOORD polyline on that source image) and the area it covers on that slice.
+
+    The tracking identifier reads like the lesion's SEG segment, so a viewer's measurement list
+    names it the same; the UID is its own (the outline is another region than the segment).
+    """
+    index, plane = key_plane
+    source = series.datasets[index]
+    column_mm, row_mm = (float(v) for v in series.volume.spacing[:2])
+    area_mm2 = float(np.count_nonzero(plane)) * column_mm * row_mm
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline(plane),
+        source_image=hd.sr.SourceImageForRegion(str(source.SOPClassUID), str(source.SOPInstanceUID)),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(tracking_kind(f"{lesion.key}-outline"), series, findings, settings),
+            identifier=lesion.name,
+        ),
+        referenced_region=region,
+        finding_category=MORPHOLOGICALLY_ABNORMAL,
+        finding_type=lesion.code,
+        finding_sites=[hd.sr.FindingSite(lesion.site)],
+        algorithm_id=sr_algorithm_identification(findings),
+        measurements=[_measurement(AREA, area_mm2, SQUARE_MILLIMETRE, findings)],
     )

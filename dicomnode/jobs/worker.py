@@ -1,4 +1,4 @@
-"""The worker: a job's instances -> volume -> ``inference.analyze`` -> SEG + SR -> outbox.
+"""The worker: a job's instances -> volume -> ``inference.analyze`` -> SEG, SR, key images -> outbox.
 
 A scan the analysis cannot assess (no lungs, lungs cut off) is a result, not a failure: its SR
 says so with the reason (without a SEG when there is no lung to show), and the job is done.
@@ -72,7 +72,7 @@ class Worker:
         if len(instances) < len(job.instances):
             raise VolumeError(f"{len(job.instances) - len(instances)} instance(s) of this run are no longer in the spool")
         result = analyse_series([self.spool.absolute(i.path) for i in instances], self.settings, self.analyze)
-        files = self.outbox.store(job.id, result.datasets)
+        files = self.outbox.store(job.id, result.objects)
         with self.db.transaction() as sql:
             self.queue.mark_done(sql, job, result.summary, time.time(), self.settings.storage.retention_seconds)
             self.outbox.enqueue(sql, job.id, files)

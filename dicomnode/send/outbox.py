@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from dicomnode.db import Database
 from dicomnode.fileio import fsync_directory, safe_name, write_atomically
 from dicomnode.layout import StateLayout
+from dicomnode.results import ResultObject
 from dicomnode.settings import SenderSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -35,10 +36,13 @@ STATES = ("pending", "sent", "failed")
 
 @dataclass(frozen=True)
 class OutboxFile:
-    """One stored result: its path relative to the outbox directory, and its SOP Instance UID."""
+    """One stored result: its path relative to the outbox directory, its SOP Instance UID, and
+    what it is (which destinations want it: :meth:`dicomnode.settings.Delivery.wants`)."""
 
     path: str
     sop_instance_uid: str
+    kind: str
+    seg_type: str | None
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,14 @@ class Outbox:
         self.layout = layout
         self.directory = layout.outbox
         self.policy = settings.sender
+        self.destinations = settings.destinations
         self.destination_names = tuple(destination.name for destination in settings.destinations)
         self._warned_unknown: set[str] = set()
 
     # --- the worker's side ---------------------------------------------------------------
 
-    def store(self, job_id: int, datasets: Sequence[Dataset]) -> list[OutboxFile]:
-        """Write ``datasets`` durably as ``outbox/<job_id>/<sop>.dcm`` (DICOM files with meta).
+    def store(self, job_id: int, results: Sequence[ResultObject]) -> list[OutboxFile]:
+        """Write the ``results`` durably as ``outbox/<job_id>/<sop>.dcm`` (DICOM files with meta).
 
         Call before :meth:`enqueue`, outside the transaction: files first, rows second, so a
         committed row always has its file. Storing a job again replaces its files.
@@ -86,7 +91,8 @@ class Outbox:
         if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id < 0:
             raise ValueError(f"job_id must be a non-negative integer, got {job_id!r}")
         prepared: list[tuple[Dataset, OutboxFile]] = []
-        for dataset in datasets:
+        for result in results:
+            dataset = result.dataset
             uid = str(dataset.get("SOPInstanceUID", "") or "")
             if not uid:
                 raise ValueError(f"job {job_id}: a dataset to send has no SOP Instance UID")
@@ -95,7 +101,7 @@ class Outbox:
                 raise ValueError(f"job {job_id}: dataset {uid} has no file meta Transfer Syntax UID")
             if any(file.sop_instance_uid == uid for _, file in prepared):
                 raise ValueError(f"job {job_id}: SOP Instance UID {uid} appears twice")
-            prepared.append((dataset, OutboxFile(f"{job_id}/{safe_name(uid)}.dcm", uid)))
+            prepared.append((dataset, OutboxFile(f"{job_id}/{safe_name(uid)}.dcm", uid, result.kind, result.seg_type)))
         self.directory.mkdir(parents=True, exist_ok=True)
         job_directory_existed = (self.directory / str(job_id)).exists()
         for dataset, file in prepared:
@@ -107,7 +113,7 @@ class Outbox:
     def enqueue(
         self, connection: sqlite3.Connection, job_id: int, files: Sequence[OutboxFile], now: float | None = None
     ) -> int:
-        """Queue every file for every configured destination, inside the caller's transaction.
+        """Queue each file for every configured destination that wants it, inside the caller's transaction.
 
         ``connection`` is the one :meth:`Database.transaction` yielded. A row that already
         exists (the job ran again after a crash) is left as it is. Returns the rows added.
@@ -118,9 +124,10 @@ class Outbox:
             logger.warning("job %d: no destination is configured; its results stay in %s", job_id, self.directory)
         now = time.time() if now is None else now
         rows = [
-            (job_id, name, file.path, file.sop_instance_uid, now)
-            for name in self.destination_names
+            (job_id, destination.name, file.path, file.sop_instance_uid, now)
+            for destination in self.destinations
             for file in files
+            if destination.delivery.wants(file.kind, file.seg_type)
         ]
         before = connection.total_changes
         connection.executemany(

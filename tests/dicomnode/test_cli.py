@@ -10,14 +10,16 @@ import pytest
 
 from conftest import free_port
 from dicomnode.cli import main
+from dicomnode.settings import Settings
 from factories import PhantomSeries
 from peers import StoreSCP, dciodvfy_errors
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
-def test_process_writes_a_valid_seg_and_sr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_process_writes_a_valid_seg_sr_and_key_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     series = PhantomSeries()
     series.write(tmp_path / "in" / "series")
     PhantomSeries(slices=3).write(tmp_path / "in" / "too-short")
@@ -31,7 +33,8 @@ def test_process_writes_a_valid_seg_and_sr(tmp_path: Path, capsys: pytest.Captur
     rejected = [r for r in records.values() if r["state"] == "rejected"]
     assert len(rejected) == 1 and rejected[0]["reason"].startswith("minimum slices")
     written = [pydicom.dcmread(p) for p in done["files"]]
-    assert sorted(ds.SOPClassUID for ds in written) == sorted([SEG, COMPREHENSIVE_3D_SR])
+    key_images = [SECONDARY_CAPTURE] * Settings().encoding.key_image_count
+    assert sorted(ds.SOPClassUID for ds in written) == sorted([SEG, COMPREHENSIVE_3D_SR, *key_images])
     for path in done["files"]:
         assert Path(path).is_relative_to(out)
         assert dciodvfy_errors(Path(path)) == [], path

@@ -14,7 +14,6 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from scipy import ndimage
 
 from conftest import SHARED_DATA, require_path, require_tool
 from dicomnode import __version__
@@ -23,7 +22,8 @@ from dicomnode.encode.identity import MODEL_NAME, result_uid
 from dicomnode.settings import EncodingSettings, Settings
 from dicomnode.volume import SeriesVolume, build_volume
 from factories import PhantomSeries
-from inference.types import AlgorithmFamily, Classification, Findings, Lesion, LungLabel, LungVolumes
+from findings_factories import assessed_findings, findings_for, lung_mask, save, split_labels
+from inference.types import AlgorithmFamily, Findings, Lesion, LungLabel, LungVolumes
 from peers import dciodvfy_errors
 
 RIGHT_LUNG, LEFT_LUNG, LUNG = "3341006", "44029006", "39607008"
@@ -38,41 +38,6 @@ def phantom_series(tmp_path_factory: pytest.TempPathFactory) -> SeriesVolume:
     return build_volume(PhantomSeries().write(tmp_path_factory.mktemp("phantom")))
 
 
-def lung_mask(hu: np.ndarray) -> np.ndarray:
-    """The phantom's lungs: air inside the body (air components not touching the image border)."""
-    components, _ = ndimage.label(hu < -500)
-    border = np.unique(np.concatenate([components[:, [0, -1], :].ravel(), components[:, :, [0, -1]].ravel()]))
-    return (components > 0) & ~np.isin(components, border)
-
-
-def findings_for(series: SeriesVolume, labels: np.ndarray, version: str = "1.0") -> Findings:
-    """Findings with the volumes the analysis states: right/left only when no voxel is unseparated."""
-    voxel_ml = series.volume.voxel_volume_ml
-    count = {label: int(np.count_nonzero(labels == label)) * voxel_ml for label in LungLabel}
-    separated = count[LungLabel.UNSEPARATED] == 0
-    return Findings(
-        lung_labels=labels,
-        lungs=LungVolumes(
-            right_ml=count[LungLabel.RIGHT] if separated else None,
-            left_ml=count[LungLabel.LEFT] if separated else None,
-            total_ml=count[LungLabel.RIGHT] + count[LungLabel.LEFT] + count[LungLabel.UNSEPARATED],
-        ),
-        algorithm_name="Test lung segmentation",
-        algorithm_version=version,
-        algorithm_family=AlgorithmFamily.MORPHOLOGICAL_OPERATIONS,
-    )
-
-
-def split_labels(series: SeriesVolume) -> np.ndarray:
-    """Right lung at smaller patient x (the left half of the image), left lung at larger x."""
-    lungs = lung_mask(series.volume.hu)
-    labels = np.zeros(lungs.shape, dtype=np.uint8)
-    right_half = np.arange(lungs.shape[2]) < lungs.shape[2] // 2
-    labels[lungs & right_half] = LungLabel.RIGHT
-    labels[lungs & ~right_half] = LungLabel.LEFT
-    return labels
-
-
 @pytest.fixture(scope="module")
 def separated(phantom_series: SeriesVolume) -> Findings:
     return findings_for(phantom_series, split_labels(phantom_series))
@@ -83,11 +48,6 @@ def written(phantom_series: SeriesVolume, separated: Findings, tmp_path_factory:
     seg, sr = encode_results(phantom_series, separated, SETTINGS)
     directory = tmp_path_factory.mktemp("results")
     return save(seg, directory / "seg.dcm"), save(sr, directory / "sr.dcm")
-
-
-def save(dataset: Dataset, path: Path) -> Path:
-    dataset.save_as(path, enforce_file_format=True)
-    return path
 
 
 def dciodvfy(path: Path) -> str:
@@ -141,11 +101,17 @@ def test_seg_mask_round_trip(written: tuple[Path, Path], phantom_series: SeriesV
     np.testing.assert_array_equal(mask, separated.lung_labels)  # RIGHT=1, LEFT=2 are also the segment numbers
 
 
+OMITTING = dataclasses.replace(SETTINGS, encoding=dataclasses.replace(SETTINGS.encoding, omit_empty_frames=True))
+
+
+@pytest.mark.parametrize("omit", [False, True], ids=["every-frame", "empty-frames-omitted"])
 def test_seg_frames_reference_their_source_slices(
-    written: tuple[Path, Path], phantom_series: SeriesVolume, separated: Findings
+    phantom_series: SeriesVolume, separated: Findings, omit: bool, tmp_path: Path
 ) -> None:
-    """Read with pydicom alone: each frame's source SOP instance is the slice at its position."""
-    seg = pydicom.dcmread(written[0])
+    """Read with pydicom alone: each frame's source SOP instance is the slice at its position.
+    By default every slice has a frame per segment (empty ones too); omitting them is an option."""
+    seg, _ = encode_results(phantom_series, separated, OMITTING if omit else SETTINGS)
+    seg = pydicom.dcmread(save(seg, tmp_path / "seg.dcm"))
     frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
     index_of = {ds.SOPInstanceUID: k for k, ds in enumerate(phantom_series.datasets)}
     segment_label = {1: LungLabel.RIGHT, 2: LungLabel.LEFT}
@@ -158,8 +124,12 @@ def test_seg_frames_reference_their_source_slices(
         number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         np.testing.assert_array_equal(frame, separated.lung_labels[k] == segment_label[number])
         seen.add((k, number))
-    expected = {(k, n) for n, label in segment_label.items() for k in range(len(index_of)) if np.any(separated.lung_labels[k] == label)}
-    assert seen == expected
+    every = {(k, n) for n in segment_label for k in range(len(index_of))}
+    occupied = {(k, n) for k, n in every if np.any(separated.lung_labels[k] == segment_label[n])}
+    assert occupied < every  # the phantom has slices without lung
+    assert seen == (occupied if omit else every)
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in orientation] == pytest.approx([float(v) for v in phantom_series.datasets[0].ImageOrientationPatient])
 
 
 def test_seg_references_every_source_slice(written: tuple[Path, Path], phantom_series: SeriesVolume) -> None:
@@ -179,13 +149,16 @@ def test_seg_references_every_source_slice(written: tuple[Path, Path], phantom_s
 def test_a_lung_on_one_slice(phantom_series: SeriesVolume, index: int, tmp_path: Path) -> None:
     labels = np.zeros(phantom_series.volume.hu.shape, dtype=np.uint8)
     labels[index, 40:50, 20:30] = LungLabel.RIGHT
-    seg, _ = encode_results(phantom_series, findings_for(phantom_series, labels), SETTINGS)
+    findings = findings_for(phantom_series, labels)
+    seg, _ = encode_results(phantom_series, findings, OMITTING)
     assert dciodvfy_errors(save(seg, tmp_path / "seg.dcm")) == []
     assert seg.NumberOfFrames == 1
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     assert float(measures.SpacingBetweenSlices) == pytest.approx(phantom_series.volume.spacing[2])  # not guessed from one plane
     source = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
     assert source.ReferencedSOPInstanceUID == phantom_series.datasets[index].SOPInstanceUID
+    every, _ = encode_results(phantom_series, findings, SETTINGS)  # the default: one frame per slice
+    assert every.NumberOfFrames == len(phantom_series.datasets)
 
 
 def test_seg_identity_from_settings(written: tuple[Path, Path]) -> None:
@@ -427,48 +400,6 @@ def test_real_ricord_series(tmp_path: Path) -> None:
 GROUND_GLASS, CONSOLIDATION, MORPHOLOGICALLY_ABNORMAL = "112120", "95436008", "49755003"
 COVID_19, POSITIVE, NEGATIVE, INDETERMINATE = "840539006", "10828004", "260385009", "82334004"
 PROBABILITY, THRESHOLD, LESION_COUNT, MEAN_HU = "122157", "122411", "246206008", "112181"
-
-
-def ball(shape: tuple[int, ...], centre: tuple[int, int, int], radius: float) -> np.ndarray:
-    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
-
-
-def assessed_findings(
-    series: SeriesVolume, probability: float | None = 0.87, not_assessable: str | None = None
-) -> Findings:
-    """Separated lungs, two lesions (ground glass in the right lung, primary; consolidation in
-    the left) and DeCoVNet's classification, as the analysis would state them."""
-    base = findings_for(series, split_labels(series))
-    shape = series.volume.hu.shape
-    cz, cy, cx = (n // 2 for n in shape)
-    offset = int(0.2 * shape[2])
-    lesion_labels = np.zeros(shape, dtype=np.uint16)
-    lesion_labels[ball(shape, (cz - 4, cy, cx - offset), 3.0)] = 1  # patient's right: smaller x
-    lesion_labels[ball(shape, (cz + 6, cy + 5, cx + offset), 2.0)] = 2
-    assert not np.any((lesion_labels > 0) & (base.lung_labels == 0))  # both lie inside the lungs
-    voxel_ml = series.volume.voxel_volume_ml
-    lesions = tuple(
-        Lesion(
-            label=label,
-            score=score,
-            volume_ml=float(np.count_nonzero(lesion_labels == label)) * voxel_ml,
-            centre_mm=(0.0, 0.0, 0.0),
-            mean_hu=mean_hu,
-            primary=label == 1,
-        )
-        for label, score, mean_hu in ((1, 0.81, -620.0), (2, 0.55, -80.0))
-    )
-    return dataclasses.replace(
-        base,
-        algorithm_name="DeCoVNet",
-        algorithm_version="2.0",
-        algorithm_family=AlgorithmFamily.ARTIFICIAL_INTELLIGENCE,
-        classification=None if probability is None else Classification(probability=probability, threshold=0.5),
-        not_assessable=not_assessable,
-        lesions=() if not_assessable else lesions,
-        lesion_labels=None if not_assessable else lesion_labels,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from pynetdicom.sop_class import MRImageStorage
 from conftest import free_port, require_tool
 from dicomnode.db import Database
 from dicomnode.layout import StateLayout
+from dicomnode.results import ResultObject
 from dicomnode.send import DestinationUnavailable, Outbox, Sender, backoff_seconds, copy_files, echo
 from dicomnode.settings import (
     DicomDestination,
@@ -156,13 +157,19 @@ class Node:
 
     def submit(self, job_id: int, datasets: list[Dataset]) -> list[Path]:
         """What the worker does: store, then enqueue in the transaction that ends the job."""
-        files = self.outbox.store(job_id, datasets)
+        files = self.outbox.store(job_id, as_results(datasets))
         with self.database.transaction() as connection:
             self.outbox.enqueue(connection, job_id, files, now=T0)
         return [self.layout.outbox / file.path for file in files]
 
     def rows(self) -> list[dict]:
         return [dict(row) for row in self.database.query("SELECT * FROM outbox ORDER BY id")]
+
+
+def as_results(datasets: list[Dataset]) -> list[ResultObject]:
+    """Datasets as result objects (reports, to every destination: which destination wants which
+    kind of object is tested on its own)."""
+    return [ResultObject(dataset, "sr") for dataset in datasets]
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -455,7 +462,7 @@ def test_outbox_survives_a_restart(tmp_path: Path, series: list[Dataset]) -> Non
 
 def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(tmp_path: Path, series: list[Dataset]) -> None:
     node = Node(tmp_path / "state", FolderDestination(name="folder", path=tmp_path / "results"))
-    files = node.outbox.store(1, series)
+    files = node.outbox.store(1, as_results(series))
     with pytest.raises(RuntimeError, match="job failed"):
         with node.database.transaction() as connection:
             assert node.outbox.enqueue(connection, 1, files, now=T0) == len(series)
@@ -466,7 +473,7 @@ def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(tmp_path: Path, ser
 
 def test_enqueue_needs_an_open_transaction(tmp_path: Path, series: list[Dataset]) -> None:
     node = Node(tmp_path / "state", FolderDestination(name="folder", path=tmp_path / "results"))
-    files = node.outbox.store(1, series)
+    files = node.outbox.store(1, as_results(series))
     with pytest.raises(ValueError, match="transaction"):
         node.outbox.enqueue(node.database._connection, 1, files)
 
@@ -485,13 +492,13 @@ def test_rerun_of_a_job_replaces_files_and_does_not_duplicate_rows(tmp_path: Pat
 def test_store_validates_its_input(tmp_path: Path, series: list[Dataset]) -> None:
     node = Node(tmp_path / "state")
     with pytest.raises(ValueError, match="appears twice"):
-        node.outbox.store(1, [series[0], series[0]])
+        node.outbox.store(1, as_results([series[0], series[0]]))
     no_meta = Dataset()
     no_meta.SOPInstanceUID = "1.2.3"
     with pytest.raises(ValueError, match="Transfer Syntax"):
-        node.outbox.store(1, [no_meta])
+        node.outbox.store(1, as_results([no_meta]))
     with pytest.raises(ValueError, match="job_id"):
-        node.outbox.store(-1, series)
+        node.outbox.store(-1, as_results(series))
 
 
 def test_unconfigured_destination_stays_pending_with_one_warning(
@@ -519,14 +526,14 @@ def test_backoff_doubles_up_to_the_cap() -> None:
 def test_cleanup_leaves_jobs_without_rows(tmp_path: Path, series: list[Dataset]) -> None:
     """A job between store and commit has files but no rows yet: not to be removed."""
     node = Node(tmp_path / "state", FolderDestination(name="folder", path=tmp_path / "results"))
-    node.outbox.store(9, series)
+    node.outbox.store(9, as_results(series))
     assert node.outbox.cleanup() == []
     assert (node.layout.outbox / "9").is_dir()
 
 
 def test_run_forever_delivers_and_stops(tmp_path: Path, series: list[Dataset]) -> None:
     node = Node(tmp_path / "state", FolderDestination(name="folder", path=tmp_path / "results"))
-    files = node.outbox.store(1, series)
+    files = node.outbox.store(1, as_results(series))
     with node.database.transaction() as connection:
         node.outbox.enqueue(connection, 1, files)  # due now, on the real clock
     stop = threading.Event()

@@ -10,6 +10,7 @@ from dicomnode.cli import main
 from dicomnode.settings import (
     AnalysisSettings,
     ConfigError,
+    Delivery,
     DicomDestination,
     FolderDestination,
     load_settings,
@@ -42,6 +43,15 @@ def test_default_configuration_listens_on_11112_and_writes_to_a_folder() -> None
         ({"encoding": {"uid_root": "1." * 20}}, "encoding.uid_root"),
         ({"destinations": [{"type": "dicom", "ae_title": "PACS", "host": "h"}]}, "destinations[0].port"),
         ({"destinations": [{"type": "ftp"}]}, "destinations[0].type"),
+        ({"destinations": [{"type": "folder", "path": "/tmp/a", "objects": ["seg", "pdf"]}]}, "destinations[0].objects[1]"),
+        ({"destinations": [{"type": "folder", "path": "/tmp/a", "objects": []}]}, "destinations[0].objects"),
+        ({"destinations": [{"type": "folder", "path": "/tmp/a", "objects": ["sr", "sr"]}]}, "destinations[0].objects"),
+        ({"destinations": [{"type": "folder", "path": "/tmp/a", "objects": "seg"}]}, "destinations[0].objects"),
+        ({"destinations": [{"type": "folder", "path": "/tmp/a", "seg_type": "bitmap"}]}, "destinations[0].seg_type"),
+        ({"destinations": [{"type": "folder", "path": "/tmp/a", "segtype": "binary"}]}, "destinations[0].segtype"),
+        ({"encoding": {"omit_empty_frames": "no"}}, "encoding.omit_empty_frames"),
+        ({"encoding": {"key_image_count": 0}}, "encoding.key_image_count"),
+        ({"encoding": {"key_image_disclaimer": "x" * 201}}, "encoding.key_image_disclaimer"),
         ({"logging": {"level": "LOUD"}}, "logging.level"),
         ({"analysis": {"threshold": 0}}, "analysis.threshold"),
         ({"analysis": {"threshold": 1.0}}, "analysis.threshold"),
@@ -60,6 +70,25 @@ def test_bad_values_name_the_key(document: dict, key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         settings_from_dict(document)
     assert str(caught.value).startswith(key + ":") or str(caught.value).startswith(key + " ")
+
+
+def test_each_destination_says_what_it_receives() -> None:
+    settings = settings_from_dict(
+        {
+            "destinations": [
+                {"type": "folder", "name": "all", "path": "/tmp/a"},
+                {"type": "dicom", "name": "viewer", "ae_title": "V", "host": "h", "port": 1, "objects": ["seg", "sr"],
+                 "seg_type": "labelmap"},
+                {"type": "folder", "name": "pictures", "path": "/tmp/b", "objects": ["key-images"]},
+            ]
+        }
+    )
+    everything, viewer, pictures = (d.delivery for d in settings.destinations)
+    assert everything == Delivery(objects=("seg", "sr", "key-images"), seg_type="binary")
+    assert viewer == Delivery(objects=("seg", "sr"), seg_type="labelmap")
+    assert viewer.wants("seg", "labelmap") and viewer.wants("sr", "labelmap") and viewer.wants("sr", None)
+    assert not viewer.wants("seg", "binary") and not viewer.wants("key-images", None)
+    assert pictures.wants("key-images", None) and not pictures.wants("sr", None)
 
 
 def test_duplicate_destination_names_are_refused() -> None:

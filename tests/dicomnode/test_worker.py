@@ -16,7 +16,7 @@ from dicomnode.assembly import Assembler
 from dicomnode.jobs.worker import Worker
 from dicomnode.net.receiver import StoreReceiver
 from dicomnode.node import State
-from dicomnode.settings import FolderDestination, Settings
+from dicomnode.settings import Delivery, FolderDestination, Settings
 from dicomnode.status import Status
 from factories import PhantomSeries
 from inference import CTVolume, Findings, analyze
@@ -30,7 +30,10 @@ def settings_for(tmp_path: Path) -> Settings:
         storage=dataclasses.replace(defaults.storage, state_dir=tmp_path / "state", min_free_mb=0),
         assembly=dataclasses.replace(defaults.assembly, quiet_seconds=0),
         jobs=dataclasses.replace(defaults.jobs, max_attempts=3, retry_delay_seconds=0),
-        destinations=(FolderDestination(name="a", path=tmp_path / "a"), FolderDestination(name="b", path=tmp_path / "b")),
+        destinations=(
+            FolderDestination(name="a", path=tmp_path / "a"),
+            FolderDestination(name="b", path=tmp_path / "b", delivery=Delivery(objects=("seg", "sr"), seg_type="labelmap")),
+        ),
     )
 
 
@@ -47,7 +50,13 @@ def jobs(state: State) -> list[dict]:
     return [dict(r) for r in state.db.query("SELECT * FROM jobs ORDER BY id")]
 
 
-def test_a_job_is_analysed_and_its_results_queued_for_every_destination(tmp_path: Path) -> None:
+SEGMENTATION, LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"
+COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_a_job_is_analysed_and_each_destination_gets_what_it_asked_for(tmp_path: Path) -> None:
+    """Destination a takes everything (BINARY SEG, its SR, key images); b a LABELMAP SEG and
+    the SR that references it."""
     settings = settings_for(tmp_path)
     state = State.open(settings)
     queued_job(state, settings, PhantomSeries())
@@ -56,9 +65,25 @@ def test_a_job_is_analysed_and_its_results_queued_for_every_destination(tmp_path
     (job,) = jobs(state)
     assert job["state"] == "done" and job["attempts"] == 1 and job["reason"] is None
     rows = state.db.query("SELECT destination, path FROM outbox ORDER BY destination, path")
-    assert [r["destination"] for r in rows] == ["a", "a", "b", "b"]
-    classes = {pydicom.dcmread(state.layout.outbox / r["path"]).Modality for r in rows}
-    assert classes == {"SEG", "SR"}
+    received: dict[str, list[pydicom.Dataset]] = {}
+    for row in rows:
+        received.setdefault(row["destination"], []).append(pydicom.dcmread(state.layout.outbox / row["path"]))
+    classes = {name: sorted(str(ds.SOPClassUID) for ds in datasets) for name, datasets in received.items()}
+    assert classes == {
+        "a": sorted([SEGMENTATION, COMPREHENSIVE_3D_SR, *[SECONDARY_CAPTURE] * settings.encoding.key_image_count]),
+        "b": sorted([LABEL_MAP_SEGMENTATION, COMPREHENSIVE_3D_SR]),
+    }
+    for datasets in received.values():
+        (seg,) = [ds for ds in datasets if ds.Modality == "SEG"]
+        (sr,) = [ds for ds in datasets if ds.Modality == "SR"]
+        assert sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence  # evidence is listed
+        referenced = {
+            item.ReferencedSOPInstanceUID
+            for study in sr.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for item in series.ReferencedSOPSequence
+        }
+        assert seg.SOPInstanceUID in referenced  # each report cites the SEG its destination gets
     assert worker.run_once() is None  # nothing else to do
 
 
@@ -106,7 +131,8 @@ def texts_of(item: pydicom.Dataset) -> list[str]:
 
 
 def test_a_volume_without_lungs_is_reported_not_assessable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """No lungs: the job is done and sends an SR alone (nothing to segment) with the reason."""
+    """No lungs: the job is done and sends an SR (no SEG: nothing to segment) with the reason, and
+    key images that say it, to the destination that takes them."""
     settings = settings_for(tmp_path)
     state = State.open(settings)
 
@@ -135,9 +161,12 @@ def test_a_volume_without_lungs_is_reported_not_assessable(tmp_path: Path, caplo
     assert job["state"] == "done" and job["attempts"] == 1 and job["reason"] is None
     assert json.loads(job["summary"])["not_assessable"] == reason
     rows = state.db.query("SELECT destination, path FROM outbox ORDER BY destination, path")
-    assert [r["destination"] for r in rows] == ["a", "b"]
-    for row in rows:
-        sr = pydicom.dcmread(state.layout.outbox / row["path"])
-        assert sr.Modality == "SR"
-        assert f"Not assessable: {reason}" in texts_of(sr)
+    received = [(r["destination"], pydicom.dcmread(state.layout.outbox / r["path"])) for r in rows]
+    reports = [(name, ds) for name, ds in received if ds.Modality == "SR"]
+    assert [name for name, _ in reports] == ["a", "b"]  # one report, the same for both SEG encodings
+    assert reports[0][1].SOPInstanceUID == reports[1][1].SOPInstanceUID
+    assert f"Not assessable: {reason}" in texts_of(reports[0][1])
+    key_images = [ds for name, ds in received if ds.Modality != "SR"]
+    assert len(key_images) == settings.encoding.key_image_count and {name for name, ds in received if ds.Modality != "SR"} == {"a"}
+    assert all(f"not assessable ({reason})" in ds.ImageComments for ds in key_images)
     assert reason in caplog.text
