@@ -58,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     classifier.add_argument("--min-lesion-ml", type=float, default=0.5, help="smallest lesion shape inserted")
     classifier.add_argument(
-        "--crop-slices", type=int, help="train on this many consecutive slices of each scan (default: all)"
+        "--easy-epochs", type=int, default=0,
+        help="curriculum: first epochs on twins only, slice windows, consolidations only, no augmentation, ranked only",
     )
+    classifier.add_argument("--easy-slices", type=int, default=32, help="slices of the easy stage's windows")
     classifier.add_argument(
-        "--lesion-only-epochs", type=int, default=0,
-        help="curriculum: epochs on the negatives and their lesion-inserted twins before the real positives join",
+        "--rank-weight", type=float, default=1.0, help="weight of the twins' ranking term (0: cross-entropy alone)"
     )
     classifier.add_argument(
         "--clip-grad-norm", type=float, default=1.0, help="largest gradient norm of a step (0: no clipping)"
@@ -173,8 +174,9 @@ def _train_classifier(args: argparse.Namespace) -> int:
         lr=args.lr,
         lesion_count=tuple(args.lesion_count),
         min_lesion_ml=args.min_lesion_ml,
-        lesion_only_epochs=args.lesion_only_epochs,
-        crop_slices=args.crop_slices,
+        easy_epochs=args.easy_epochs,
+        easy_slices=args.easy_slices,
+        rank_weight=args.rank_weight,
         clip_grad_norm=args.clip_grad_norm or None,
         validate_every=args.validate_every,
         device=args.device,

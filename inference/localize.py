@@ -1,8 +1,9 @@
 """Weakly supervised lesion localization (METHOD step 9), on the classifier's grid.
 
 1. CAM: the COVID-class weights of DeCoVNet's head applied to the block-2 features
-   (:meth:`DeCoVNet.forward_with_cam`), upsampled to the input grid, min-max normalised over
-   the lungs (see :func:`upsample_cam` for why not ReLU first).
+   (:meth:`DeCoVNet.forward_with_cam`), with the orientation that training fixed
+   (:mod:`inference.training.cam_orientation`), upsampled to the input grid, min-max
+   normalised over the lungs (see :func:`upsample_cam` for why not ReLU first).
 2. Candidates: the top `TOP_FRACTION` of CAM voxels inside the lungs, AND denser than
    `DENSE_HU` (lesions are denser than aerated lung), on slices with at least
    `MIN_LUNG_AREA_FRACTION` of the largest lung section; 3-D connected components of that.
@@ -59,8 +60,9 @@ def upsample_cam(raw: torch.Tensor, shape: tuple[int, int, int], lungs: np.ndarr
     """Raw CAM (1, t, h, w) to ``shape`` (trilinear), min-max normalised over the lungs to 0..1.
 
     Why over the lungs and before any ReLU: the head's chained weights ignore its ReLUs and
-    poolings, so the sign of the map is not meaningful for a trained head (on the RICORD scan,
-    called positive at 0.99, every value was negative and a ReLU left nothing); its ranking is.
+    poolings, so the map's zero is not meaningful for a trained head (its values can all have one
+    sign: before orientation, every value on the RICORD scan was negative and a ReLU left
+    nothing); its ranking is, once oriented (:attr:`DeCoVNet.cam_orientation`).
     Normalising over the lungs puts the strongest COVID-19 evidence inside the lungs at 1.
     """
     cam = F.interpolate(raw[None].float(), size=shape, mode="trilinear", align_corners=False)[0, 0]

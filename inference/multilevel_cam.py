@@ -6,7 +6,7 @@ slice, a quarter of the in-plane resolution) still resolves a small ground-glass
 large patchy lesions. Seeing all three on the same sections shows which level found what.
 
 - high (block 2): the CAM the analysis reports and localizes lesions with, the head's chained
-  class weights applied to the block-2 features (:meth:`DeCoVNet.cam`); unchanged here.
+  class weights applied to the block-2 features, oriented (:meth:`DeCoVNet.cam`); unchanged here.
 - mid (block 1) and low (stem): these features have no classifier weights of their own, so
   their maps are Grad-CAM (Selvaraju et al., 2017), the standard way to get a class map from an
   intermediate layer: each channel is weighted by the spatial mean of the gradient of the

@@ -287,9 +287,9 @@ def _place(
     return _Placement(box, local)
 
 
-def _choose_kind(rng: np.random.Generator) -> str:
+def _choose_kind(rng: np.random.Generator, ggo_probability: float) -> str:
     """The kind of a lesion: ggo, consolidation, or mixed (reported as consolidation)."""
-    if rng.random() < GGO_PROBABILITY:
+    if rng.random() < ggo_probability:
         return "ggo"
     return "mixed" if rng.random() < MIXED_PROBABILITY else "consolidation"
 
@@ -343,6 +343,7 @@ def _insert_one(
     sampler: _CentreSampler,
     rng: np.random.Generator,
     avoid_side: bool | None,
+    ggo_probability: float,
 ) -> tuple[str, bool] | None:
     """Try to insert one lesion into ``hu``/``out_mask`` (in place); its kind and side, or None.
 
@@ -364,7 +365,7 @@ def _insert_one(
         kept = inside[placement.local] & lung_here
         if kept.sum() < MIN_INSIDE_FRACTION * inside.sum():
             continue
-        kind = _choose_kind(rng)
+        kind = _choose_kind(rng, ggo_probability)
         core = _core(inside, spacing_zyx, rng)[placement.local] if kind == "mixed" else 0.0
         level = _level(kind, core, rng)
         local_weight = weight[placement.local] * lung_here
@@ -393,12 +394,15 @@ def insert_lesions(
     count: int | None = None,
     posterior_axis_sign: int = +1,
     superior_is_up: bool = True,
+    ggo_probability: float = GGO_PROBABILITY,
 ) -> InsertedLesions:
     """Insert ``count`` lesions (default: random 1-5) into a copy of ``hu``, inside ``lung``.
 
     ``lung`` is any map whose non-zero voxels are lung (a bool mask or a LungLabel map).
     ``posterior_axis_sign`` is +1 when the row index grows towards the patient's back;
-    ``superior_is_up`` when the slice index grows towards the head. Lesions may overlap (their
+    ``superior_is_up`` when the slice index grows towards the head. ``ggo_probability`` is the
+    share of ground-glass lesions (the literature's mix by default; 0 gives consolidations only,
+    the conspicuous lesions a classifier's curriculum starts with). Lesions may overlap (their
     densities combine by maximum). With too little lung, or when no placement fits, fewer
     lesions (possibly none) are inserted and ``count`` says how many. Deterministic given
     ``rng``; the inputs are not modified.
@@ -422,7 +426,7 @@ def insert_lesions(
     first_side: bool | None = None
     for _ in range(wanted):
         avoid = first_side if len(kinds) == 1 else None
-        inserted = _insert_one(out_hu, is_lung, out_mask, spacing, library, sampler, rng, avoid)
+        inserted = _insert_one(out_hu, is_lung, out_mask, spacing, library, sampler, rng, avoid, ggo_probability)
         if inserted is None:
             continue
         kinds.append(inserted[0])

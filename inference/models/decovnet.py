@@ -4,6 +4,14 @@ Input: a batch of one volume, 2 channels (CT scaled to 0..1 and the binary lung 
 of 224x336 (T varies from scan to scan, so batch size is 1). Output: logits for
 (negative, COVID-19). The block-2 features are kept for the class activation map (METHOD step 9),
 which needs the head's weights chained into one vector per class (:meth:`DeCoVNet.cam`).
+
+BatchNorm normalises each scan with its own statistics, in training and at inference alike
+(:func:`scan_norm`): with batch size 1 the training statistics are one scan's anyway, and
+running averages of them, which standard BatchNorm uses at inference, describe no scan: a
+scanner whose statistics differ from the training scans' averages shifted every output
+(measured: a clean 8 mm scan called positive at inference that training had told apart from
+its lesion-inserted twin). Normalising every scan the same way at both times keeps what was
+learnt, and makes the output of a scan independent of any other.
 """
 
 from __future__ import annotations
@@ -17,6 +25,11 @@ COVID = 1
 """Index of the COVID-19 class in the logits."""
 
 
+def scan_norm(channels: int) -> nn.BatchNorm3d:
+    """BatchNorm3d over the one scan of the batch, without running statistics (see the module docstring)."""
+    return nn.BatchNorm3d(channels, track_running_stats=False)
+
+
 class Bottleneck3d(nn.Module):
     """Residual bottleneck: 3x1x1 (temporal) -> 1x3x3 (spatial, may stride) -> 1x1x1, with a
     1x1x1 projection shortcut (the channel count always changes here)."""
@@ -26,17 +39,17 @@ class Bottleneck3d(nn.Module):
         stride = (1, spatial_stride, spatial_stride)
         self.residual = nn.Sequential(
             nn.Conv3d(in_channels, inner, (3, 1, 1), padding=(1, 0, 0), bias=False),
-            nn.BatchNorm3d(inner),
+            scan_norm(inner),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, inner, (1, 3, 3), stride=stride, padding=(0, 1, 1), bias=False),
-            nn.BatchNorm3d(inner),
+            scan_norm(inner),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, out_channels, 1, bias=False),
-            nn.BatchNorm3d(out_channels),
+            scan_norm(out_channels),
         )
         self.shortcut = nn.Sequential(
             nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
-            nn.BatchNorm3d(out_channels),
+            scan_norm(out_channels),
         )
         self.relu = nn.ReLU(inplace=True)
 
@@ -90,7 +103,7 @@ class DeCoVNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv3d(IN_CHANNELS, 16, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
-            nn.BatchNorm3d(16),
+            scan_norm(16),
             nn.ReLU(inplace=True),
             nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
         )
@@ -98,6 +111,12 @@ class DeCoVNet(nn.Module):
         self.pool1 = nn.MaxPool3d((2, 1, 1))
         self.block2 = Bottleneck3d(64, 32, 128, spatial_stride=2)
         self.head = ProgressiveClassifier(128, classes)
+        self.register_buffer("cam_orientation", torch.ones(()))
+        """+1 or -1, set once by training (:mod:`inference.training.cam_orientation`) and saved
+        with the weights: the sign under which the chained-weight map points at lesions. The
+        chain ignores the head's ReLUs and max poolings, so its sign is not the sign of the
+        evidence (measured: the shipped weights' map ranked inserted lesions below the rest of
+        the lung, voxel AUC ~0.1, and the RICORD scan's dense regions lowest)."""
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Block-2 features, (1, 128, T/2, H/8, W/8): what the CAM is computed from."""
@@ -120,6 +139,7 @@ class DeCoVNet(nn.Module):
 
     def cam(self, features: torch.Tensor) -> torch.Tensor:
         """The raw COVID-class activation map of block-2 ``features``: the head's chained class
-        weights (:meth:`ProgressiveClassifier.class_weights`) summed over the channels."""
-        weights = self.head.class_weights()[COVID]
+        weights (:meth:`ProgressiveClassifier.class_weights`) summed over the channels, times
+        :attr:`cam_orientation`."""
+        weights = self.head.class_weights()[COVID] * self.cam_orientation
         return torch.einsum("c,bczyx->bzyx", weights, features)

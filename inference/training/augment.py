@@ -4,6 +4,10 @@ One random in-plane transform per volume, the same for every slice: random crop 
 0.7-1.0 resized back to 224x336, rotation within +-25 degrees, horizontal flip with p = 0.5;
 then a contrast factor 0.5-1.5 on the CT channel. The lung mask channel follows the geometry
 (nearest neighbour) and keeps its 0/1 values.
+
+A batch (a training pair) gets one transform for all its volumes, contrast pivot included (the
+first volume's mean): a negative and its lesion-inserted twin must differ by the lesions alone,
+not by a contrast shift that the lesions' share of the mean would cause.
 """
 
 from __future__ import annotations
@@ -21,17 +25,19 @@ CONTRAST = (0.5, 1.5)
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Augmented copy of ``x`` (1, 2, T, H, W): channel 0 CT in 0..1, channel 1 lung mask."""
-    _, _, depth, height, width = x.shape
+    """Augmented copy of ``x`` (B, 2, T, H, W): channel 0 CT in 0..1, channel 1 lung mask; one
+    transform for the whole batch."""
+    batch, _, depth, height, width = x.shape
     theta = _random_affine(rng)
-    slices = x[0].transpose(0, 1)  # (T, 2, H, W): every slice gets the same transform
-    grid = F.affine_grid(theta.expand(depth, -1, -1), [depth, 1, height, width], align_corners=False)
+    slices = x.transpose(1, 2).reshape(batch * depth, 2, height, width)  # every slice: the same transform
+    grid = F.affine_grid(theta.expand(batch * depth, -1, -1), [batch * depth, 1, height, width], align_corners=False)
     ct = F.grid_sample(slices[:, :1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     lungs = F.grid_sample(slices[:, 1:], grid, mode="nearest", padding_mode="zeros", align_corners=False)
     factor = rng.uniform(*CONTRAST)
-    mean = ct.mean()
+    mean = ct[:depth].mean()  # the first volume's
     ct = ((ct - mean) * factor + mean).clamp(0.0, 1.0)
-    return torch.cat([ct, lungs], dim=1).transpose(0, 1)[None].contiguous()
+    out = torch.cat([ct, lungs], dim=1).reshape(batch, depth, 2, height, width).transpose(1, 2)
+    return out.contiguous()
 
 
 def _random_affine(rng: np.random.Generator) -> torch.Tensor:

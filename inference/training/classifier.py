@@ -7,33 +7,43 @@ own file (``decovnet.pt``, ``clfnet2d.pt``) with its checkpoint under the same n
 
 Data: COVID-19-negative scans, COVID-19-positive scans, and, when a lesion library is given,
 every negative scan again with freshly inserted lesions (:mod:`inference.synth`) as a positive,
-new lesions at every epoch. Each epoch shows (negative, positive) pairs in a random order, both
-classes equally often (the reference oversampled the minority class); Adam, batch 1,
+new lesions at every step: its *twin*. Each epoch shows (negative, positive) pairs in a random
+order, both classes equally often (the reference oversampled the minority class); Adam,
 cross-entropy, the augmentations of :mod:`inference.training.augment`.
 
-Why pairs, gradient clipping and 1e-3 (measured here, on this CPU's budget of a few hundred
-steps against the paper's ~50 000; the paper's lr is 1e-5):
+What it takes to learn inserted lesions in this CPU's budget (a few hundred steps against the
+paper's ~50 000; measured, see the model card):
 
-- a negative and its lesion-inserted twin are shown one after the other with the same random
-  transform, so the only difference between the two steps is the lesions. Shown apart, with
-  independent transforms, the network stayed at chance for 30+ epochs at every rate tried;
-- at 1e-3 without clipping the head's ReLUs died within ~80 steps (every output the same,
-  for good); at 1e-4 nothing moved in 300 pair steps. Clipping the gradient norm at 1.0 keeps
-  1e-3 stable: on one crop, fresh lesions every step, the net told new lesions from the clean
-  scan within ~120 pair steps;
-- curriculum (``lesion_only_epochs``): with the real positive there from the start, the network
-  separated the RICORD scan from the negatives within 30 epochs and gave every twin exactly its
-  original's probability: the one real positive differs from the negatives in scanner and
-  patient, which is the easy thing to learn, and the max-pooling head then passes no gradient
-  through the lesions. So it first learns the lesions from the twins alone, then the real
-  positives join;
+- **Each scan normalised alone, in training and at inference** (DeCoVNet's BatchNorm keeps no
+  running statistics: :mod:`inference.models.decovnet`). Every scan goes through the network
+  alone (batch 1, as the reference); with running statistics at inference, what the network had
+  learnt to tell a twin from its original did not survive into eval mode (measured: everything
+  called the same), and an 8 mm scan's baseline moved far from the others'.
+- **A twin and its original make one step**, with the same slices and the same random
+  transform, so that whatever they share cancels and the step follows the lesions.
+- **A ranking term for twins**: ``softplus(z(negative) - z(twin))``, z the COVID-19 logit
+  margin. Cross-entropy alone can be lowered, while nothing separates the classes yet, by
+  making the output the same for every scan; the head's ReLUs then die (every output the same,
+  for good: measured after ~100 pair steps at 1e-3, with and without the ranking term beside
+  it). The ranking term alone cannot be lowered that way, and it pushes exactly on what the
+  lesions add. It is used for twins only: between two different patients it would reward
+  whatever tells the two scans apart.
+- **An easy stage first** (``easy_epochs``): twins only, on ``easy_slices``-slice windows,
+  consolidations only, no augmentation, the ranking term alone: learn to see conspicuous
+  lesions in a small input (~50 pair steps). Then whole scans (the network's adaptive
+  poolings must see the depth they see at inference), the literature's mix of ground glass and
+  consolidation, step-8 augmentation, the real positives, and cross-entropy beside the ranking
+  term: learn to call a scan.
+- **lr 1e-3 with the gradient norm clipped at 1.0** (the paper: 1e-5 for ~50 000 steps; at
+  1e-5 and 1e-4 nothing moved in this budget).
 - the scans' HU are rounded to integers once, because the lesion inserter returns integer HU:
   otherwise a twin would differ from its original in every voxel's rounding, a shortcut.
 
 Validation: the training scans themselves without augmentation, and the negatives with lesions
-drawn from a separate random stream; there are too few real scans to hold out more than the
-evaluation scan, which the caller simply does not pass here. So the validation AUC shows that
-training converged, not how well the model generalises (that is the evaluation's job).
+drawn from a separate random stream (the realistic mix); there are too few real scans to hold
+out more than the evaluation scan, which the caller simply does not pass here. So the
+validation AUC shows that training converged, not how well the model generalises (that is the
+evaluation's job).
 """
 
 from __future__ import annotations
@@ -53,9 +63,11 @@ from inference.classifiers import classifier_spec
 from inference.device import choose_device
 from inference.metrics import roc_auc
 from inference.models.decovnet import COVID
-from inference.synth import LesionLibrary, insert_lesions
+from inference.synth import GGO_PROBABILITY, LesionLibrary
 from inference.training.augment import augment
+from inference.training.cam_orientation import orient_cam
 from inference.training.checkpoint import resume, save_checkpoint
+from inference.training.lesion_twins import insert_into
 from inference.training.scans import load_scans
 from inference.weights import save_weights
 
@@ -79,10 +91,12 @@ class ClassifierTrainingConfig:
     """Lesions per synthetic positive: a random count in this range (inclusive)."""
     min_lesion_ml: float = 0.5
     """Smallest lesion shape drawn from the library."""
-    crop_slices: int | None = None
-    """Train on this many consecutive slices of each scan (a pair shares its window); None: all."""
-    lesion_only_epochs: int = 0
-    """Curriculum: the first epochs show only the negatives and their lesion-inserted twins."""
+    easy_epochs: int = 0
+    """Curriculum: the first epochs show only twins, on `easy_slices`-slice windows, with
+    consolidations only, without augmentation, ranked only (see the module docstring)."""
+    easy_slices: int = 32
+    rank_weight: float = 1.0
+    """Weight of the twins' ranking term beside cross-entropy after the easy stage (0: none)."""
     clip_grad_norm: float | None = 1.0
     """Largest gradient norm of a step (None: no clipping); see the module docstring."""
     device: str = "auto"
@@ -135,19 +149,16 @@ def model_input(
     rng: np.random.Generator,
     lesion_count: tuple[int, int],
     window: slice = slice(None),
-) -> torch.Tensor:
-    """The network input of ``sample``: the slices in ``window``, with new lesions if it is a twin."""
+    ggo_probability: float = GGO_PROBABILITY,
+) -> tuple[torch.Tensor, int]:
+    """The network input of ``sample``: the slices in ``window``, with new lesions if it is a twin
+    (ground glass with ``ggo_probability``, else consolidation); and the number of lesions
+    inserted (0 for a scan without insertion, or when none fitted in the window)."""
     item = replace(sample.prepared, hu=sample.prepared.hu[window], lungs=sample.prepared.lungs[window])
     if not sample.insert or library is None:
-        return pad_slices(item.tensor())
-    grid = item.grid
-    spacing_zyx = (grid.spacing[2], grid.spacing[1], grid.spacing[0])
-    superior_is_up = grid.voxel_grid.superior_is_up
-    count = int(rng.integers(lesion_count[0], lesion_count[1] + 1))
-    inserted = insert_lesions(
-        item.hu, item.lungs, spacing_zyx, library, rng, count=count, superior_is_up=superior_is_up
-    )
-    return pad_slices(item.tensor(inserted.hu))
+        return pad_slices(item.tensor()), 0
+    inserted = insert_into(item, library, rng, lesion_count, ggo_probability)
+    return pad_slices(item.tensor(inserted.hu)), inserted.count
 
 
 def slice_window(depth: int, slices: int | None, position: float) -> slice:
@@ -158,6 +169,39 @@ def slice_window(depth: int, slices: int | None, position: float) -> slice:
     return slice(start, start + slices)
 
 
+WINDOW_ATTEMPTS = 5
+"""Windows tried for a twin before its whole scan is used: a window at the lung apex or base may
+hold too little lung for any lesion, and a "positive" without lesions would teach the opposite."""
+
+
+def pair_input(
+    pair: tuple[Sample, Sample],
+    library: LesionLibrary | None,
+    rng: np.random.Generator,
+    config: ClassifierTrainingConfig,
+    easy: bool,
+) -> torch.Tensor:
+    """The pair (2, 2, T, H, W): the same slice window of both scans and, after the easy stage,
+    the same random transform.
+
+    A twin shares its original's slices, and its window holds at least one inserted lesion. In the
+    easy stage both are `easy_slices` slices at a random height and the twin's lesions are
+    consolidations; otherwise the pair is cut to the depth of the shorter scan (all of a twin
+    pair) at a random height.
+    """
+    slices = config.easy_slices if easy else min(s.prepared.hu.shape[0] for s in pair)
+    ggo_probability = 0.0 if easy else GGO_PROBABILITY
+    for attempt in range(WINDOW_ATTEMPTS + 1):
+        position = float(rng.random())
+        length = slices if attempt < WINDOW_ATTEMPTS else None  # the last resort: whole scans
+        windows = [slice_window(sample.prepared.hu.shape[0], length, position) for sample in pair]
+        inputs = [model_input(s, library, rng, config.lesion_count, w, ggo_probability) for s, w in zip(pair, windows)]
+        if not pair[1].insert or inputs[1][1] > 0:
+            break
+    x = torch.cat([tensor for tensor, _ in inputs])
+    return x if easy else augment(x, rng)
+
+
 def validate(
     model: nn.Module, samples: list[Sample], library: LesionLibrary | None, config: ClassifierTrainingConfig, device: torch.device
 ) -> tuple[float | None, list[float]]:
@@ -166,7 +210,7 @@ def validate(
     with torch.inference_mode():
         for index, sample in enumerate(samples):
             rng = np.random.default_rng([config.seed, VALIDATION_STREAM, index])
-            x = model_input(sample, library, rng, config.lesion_count)
+            x, _ = model_input(sample, library, rng, config.lesion_count)
             probability = torch.softmax(model(x.to(device)), dim=1)[0, COVID].item()
             labels.append(sample.label)
             scores.append(probability)
@@ -174,25 +218,45 @@ def validate(
     return roc_auc(labels, scores), scores
 
 
-def _pair_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, pair: list[tuple[torch.Tensor, int]], clip: float | None
-) -> float:
-    """One Adam step on a (negative, positive) pair; returns the mean loss.
+MARGIN_PENALTY = 0.01
+"""Weight of the margins' square when the ranking term stands alone (the easy stage)."""
 
-    Each scan goes through the network alone (batch 1: T varies, and BatchNorm sees one scan);
-    their gradients add up before the step, so whatever the twins share cancels and the step
-    follows the lesions.
+
+def pair_loss(logits: torch.Tensor, rank_weight: float, cross_entropy: bool = True) -> torch.Tensor:
+    """The loss of a (negative, positive) pair's logits: cross-entropy, plus ``rank_weight`` times
+    the ranking term ``softplus(z_negative - z_positive)`` on the COVID-19 logit margins z (see
+    the module docstring).
+
+    Without cross-entropy (the easy stage), a small penalty on the margins' square takes the part
+    of anchoring them: the ranking term alone leaves their level free and rewards ever larger
+    differences (measured: margins in the thousands after 70 epochs), and cross-entropy then
+    brought them down by killing the head's ReLUs, every output the same for good.
     """
+    margin = logits[:, COVID] - logits[:, 1 - COVID]
+    loss = F.softplus(margin[0] - margin[1]) * rank_weight
+    if cross_entropy:
+        return loss + F.cross_entropy(logits, torch.tensor([0, COVID], device=logits.device))
+    return loss + MARGIN_PENALTY * (margin**2).mean()
+
+
+def _pair_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    rank_weight: float,
+    cross_entropy: bool,
+    clip: float | None,
+) -> float:
+    """One Adam step on a (negative, positive) pair ``x``; returns its loss. Each scan goes through
+    the network alone (batch 1, as the reference: BatchNorm sees one scan; see
+    :mod:`inference.models.decovnet`); their losses, ranking term included, make one step."""
     optimizer.zero_grad()
-    total = 0.0
-    for x, label in pair:
-        loss = F.cross_entropy(model(x), torch.tensor([label], device=x.device)) / len(pair)
-        loss.backward()
-        total += loss.item()
+    loss = pair_loss(torch.cat([model(x[:1]), model(x[1:])]), rank_weight, cross_entropy)
+    loss.backward()
     if clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
-    return total
+    return loss.item()
 
 
 def train_classifier(config: ClassifierTrainingConfig) -> Path:
@@ -205,29 +269,30 @@ def train_classifier(config: ClassifierTrainingConfig) -> Path:
     library = LesionLibrary.load(config.lesions, config.min_lesion_ml) if config.lesions else None
     pairs = epoch_pairs(negatives, positives, synthetic=library is not None)
     twins = [pair for pair in pairs if pair[1].insert]
-    if config.lesion_only_epochs and not twins:
-        raise ValueError("--lesion-only-epochs needs --lesions (negatives with inserted lesions)")
+    if config.easy_epochs and not twins:
+        raise ValueError("--easy-epochs needs --lesions (negatives with inserted lesions)")
     unique = list({s.name: s for pair in pairs for s in pair}.values())
     model = spec.build().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     checkpoint = config.out / "checkpoints" / spec.weights
     progress = resume(checkpoint, model, optimizer) or {"epoch": 0, "auc": None, "loss": None}
+    earlier_minutes = progress.get("minutes", 0.0)  # before a resume: the record counts the whole run
     model.train()
     for epoch in range(progress["epoch"], config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
-        shown = twins if epoch < config.lesion_only_epochs else pairs
+        easy = epoch < config.easy_epochs
+        shown = twins if easy else pairs
         losses = []
         for index in rng.permutation(len(shown)):
-            transform_seed, position = int(rng.integers(2**32)), float(rng.random())
-            pair = []
-            for sample in shown[index]:
-                window = slice_window(sample.prepared.hu.shape[0], config.crop_slices, position)
-                x = model_input(sample, library, rng, config.lesion_count, window)
-                pair.append((augment(x, np.random.default_rng(transform_seed)).to(device), sample.label))
-            losses.append(_pair_step(model, optimizer, pair, config.clip_grad_norm))
+            pair = shown[index]
+            x = pair_input(pair, library, rng, config, easy).to(device)
+            rank_weight = (1.0 if easy else config.rank_weight) if pair[1].insert else 0.0
+            losses.append(_pair_step(model, optimizer, x, rank_weight, not easy, config.clip_grad_norm))
         done = epoch + 1
-        progress = {"epoch": done, "auc": progress["auc"], "loss": float(np.mean(losses))}
-        message = f"epoch {done}/{config.epochs} loss {progress['loss']:.4f}"
+        minutes = earlier_minutes + (time.monotonic() - started) / 60.0
+        progress = {"epoch": done, "auc": progress["auc"], "loss": float(np.mean(losses)), "minutes": minutes}
+        stage = " (easy stage)" if easy else ""
+        message = f"epoch {done}/{config.epochs}{stage} loss {progress['loss']:.4f}"
         if done % config.validate_every == 0 or done == config.epochs:
             auc, scores = validate(model, unique, library, config, device)
             progress["auc"] = auc
@@ -235,6 +300,11 @@ def train_classifier(config: ClassifierTrainingConfig) -> Path:
             message += f" validation AUC {auc if auc is None else round(auc, 3)} ({detail})"
         save_checkpoint(checkpoint, model, optimizer, progress)
         logger.info(message)
+    cam_auc = (
+        orient_cam(model, [item for _, item in negatives], library, config.seed, config.lesion_count, device)
+        if library
+        else None
+    )
     record = {
         "command": "train-classifier",
         "model": config.model,
@@ -247,12 +317,15 @@ def train_classifier(config: ClassifierTrainingConfig) -> Path:
         "inserted_lesion_positives": library is not None,
         "lesion_count": list(config.lesion_count),
         "min_lesion_ml": config.min_lesion_ml,
-        "lesion_only_epochs": config.lesion_only_epochs,
-        "crop_slices": config.crop_slices,
+        "easy_epochs": config.easy_epochs,
+        "easy_slices": config.easy_slices,
+        "rank_weight": config.rank_weight,
         "clip_grad_norm": config.clip_grad_norm,
-        "pairs": "each negative with its lesion-inserted twin (same augmentation), each real positive with a negative",
+        "pairs": "one batch per (negative, positive) pair: each negative with its lesion-inserted twin, "
+        "each real positive with a negative (cut to the same depth)",
         "final_loss": progress["loss"],
         "validation_auc": progress["auc"],
-        "minutes": round((time.monotonic() - started) / 60.0, 1),
+        "cam_lesion_auc": cam_auc,
+        "minutes": round(earlier_minutes + (time.monotonic() - started) / 60.0, 1),
     }
     return save_weights(model, config.out, spec.weights, record)

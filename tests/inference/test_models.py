@@ -34,6 +34,20 @@ def test_decovnet_accepts_few_slices() -> None:
         assert DeCoVNet().eval()(torch.rand(1, 2, 8, 224, 336)).shape == (1, 2)
 
 
+def test_decovnet_normalises_each_scan_alone_in_training_and_at_inference() -> None:
+    """A scan's output is the same in training and in eval mode: no running statistics."""
+    torch.manual_seed(2)
+    model = DeCoVNet()
+    scan, other = torch.rand(1, 2, 8, 112, 168), torch.rand(1, 2, 8, 112, 168) * 0.5
+    with torch.no_grad():
+        trained = model.train()(scan)
+        evaluated = model.eval()(scan)
+        alone = model.eval()(other)
+    assert torch.allclose(trained, evaluated, atol=1e-6)
+    assert not torch.allclose(evaluated, alone)  # not a constant: the scans differ
+    assert not any(name.endswith("running_mean") for name in model.state_dict())  # no statistics kept
+
+
 def test_cam_weights_chain_the_head_linearly() -> None:
     """With the head's non-linearities at identity, the chained weights give the logit difference."""
     torch.manual_seed(1)
@@ -48,6 +62,16 @@ def test_cam_weights_chain_the_head_linearly() -> None:
             chain = chain @ layer.weight.mean(dim=(2, 3, 4)).T
     expected = head.fc2(head.fc1(chain)) - head.fc2.bias - head.fc2.weight @ head.fc1.bias
     assert torch.allclose(weights.sum(dim=1), expected[0], atol=1e-5)
+
+
+def test_the_cam_orientation_flips_the_map_and_is_saved_with_the_weights() -> None:
+    torch.manual_seed(2)
+    model = DeCoVNet()
+    features = torch.randn(1, 128, 3, 4, 5)
+    plain = model.cam(features)
+    model.cam_orientation.fill_(-1.0)
+    assert torch.allclose(model.cam(features), -plain)
+    assert float(model.state_dict()["cam_orientation"]) == -1.0
 
 
 def test_unet_keeps_the_slice_size_and_gives_two_classes() -> None:
