@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from inference.assess import not_assessable_reason
-from inference.classifier_input import ClassifierInput, classifier_input, pad_slices
+from inference.classifier_input import ClassifierInput, cam_slices, classifier_input, pad_slices
 from inference.classifiers import classifier_spec
 from inference.device import choose_device
 from inference.grid import VoxelGrid
@@ -139,7 +139,7 @@ class Analyzer:
                 logits, cam = self.classifier(x), None
             else:
                 logits, cam = self.decovnet.forward_with_cam(x)
-                cam = cam[:, : _feature_depth(prepared.hu.shape[0])]
+                cam = cam[:, : cam_slices(prepared.hu.shape[0])]
             probability = torch.softmax(logits, dim=1)[0, COVID].item()
         return probability, cam
 
@@ -148,11 +148,6 @@ class Analyzer:
         started = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - started
-
-
-def _feature_depth(slices: int) -> int:
-    """CAM slices that belong to real input slices (padding for very short scans excluded)."""
-    return max(1, slices // 2)
 
 
 def _lesions_on_original(

@@ -61,3 +61,9 @@ def pad_slices(x: torch.Tensor) -> torch.Tensor:
     if missing <= 0:
         return x
     return torch.cat([x, x[:, :, -1:].expand(-1, -1, missing, -1, -1)], dim=2)
+
+
+def cam_slices(slices: int) -> int:
+    """Slices of DeCoVNet's block-2 CAM (every other input slice) that belong to the ``slices``
+    real slices of an input, not to what :func:`pad_slices` added."""
+    return max(1, slices // 2)

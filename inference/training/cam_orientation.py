@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference.classifier_input import ClassifierInput, pad_slices
+from inference.classifier_input import ClassifierInput, cam_slices, pad_slices
 from inference.localize import upsample_cam
 from inference.metrics import roc_auc
 from inference.synth import LesionLibrary
@@ -43,7 +43,7 @@ def lesion_voxel_auc(
     with HU ``hu`` (the lesion-inserted CT), on the classifier's grid."""
     with torch.inference_mode():
         x = pad_slices(item.tensor(hu)).to(device)
-        raw = model.cam(model.features(x))[:, : max(1, item.hu.shape[0] // 2)]
+        raw = model.cam(model.features(x))[:, : cam_slices(item.hu.shape[0])]
     cam = upsample_cam(raw, item.hu.shape, item.lungs)
     inside = item.lungs
     return roc_auc(lesions[inside][::VOXEL_STRIDE].astype(int), cam[inside][::VOXEL_STRIDE])

@@ -277,6 +277,10 @@ def train_classifier(config: ClassifierTrainingConfig) -> Path:
     checkpoint = config.out / "checkpoints" / spec.weights
     progress = resume(checkpoint, model, optimizer) or {"epoch": 0, "auc": None, "loss": None}
     earlier_minutes = progress.get("minutes", 0.0)  # before a resume: the record counts the whole run
+
+    def minutes_so_far() -> float:
+        return earlier_minutes + (time.monotonic() - started) / 60.0
+
     model.train()
     for epoch in range(progress["epoch"], config.epochs):
         rng = np.random.default_rng([config.seed, epoch])
@@ -289,8 +293,7 @@ def train_classifier(config: ClassifierTrainingConfig) -> Path:
             rank_weight = (1.0 if easy else config.rank_weight) if pair[1].insert else 0.0
             losses.append(_pair_step(model, optimizer, x, rank_weight, not easy, config.clip_grad_norm))
         done = epoch + 1
-        minutes = earlier_minutes + (time.monotonic() - started) / 60.0
-        progress = {"epoch": done, "auc": progress["auc"], "loss": float(np.mean(losses)), "minutes": minutes}
+        progress = {"epoch": done, "auc": progress["auc"], "loss": float(np.mean(losses)), "minutes": minutes_so_far()}
         stage = " (easy stage)" if easy else ""
         message = f"epoch {done}/{config.epochs}{stage} loss {progress['loss']:.4f}"
         if done % config.validate_every == 0 or done == config.epochs:
@@ -326,6 +329,6 @@ def train_classifier(config: ClassifierTrainingConfig) -> Path:
         "final_loss": progress["loss"],
         "validation_auc": progress["auc"],
         "cam_lesion_auc": cam_auc,
-        "minutes": round(earlier_minutes + (time.monotonic() - started) / 60.0, 1),
+        "minutes": round(minutes_so_far(), 1),
     }
     return save_weights(model, config.out, spec.weights, record)
