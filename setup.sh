@@ -19,6 +19,7 @@ if [[ $with_tests -eq 1 ]]; then
     [[ -x /usr/bin/storescu ]] || packages+=(dcmtk)
     command -v Orthanc >/dev/null || packages+=(orthanc)
     command -v npm >/dev/null || packages+=(nodejs npm)
+    [[ -x /usr/bin/systemd-analyze ]] || packages+=(systemd)  # checks the unit's hardening
 fi
 if [[ ${#packages[@]} -gt 0 ]]; then
     as_root apt-get update -qq

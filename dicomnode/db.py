@@ -11,12 +11,15 @@ fsynced file in the spool, and start-up re-indexes spool files the index does no
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from dicomnode.fileio import PRIVATE_FILE_MODE, make_directories
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -83,7 +86,10 @@ class Database:
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_directories(path.parent)
+        # Created by hand with the node user's mode: SQLite gives its -wal and -shm files the
+        # mode of the database file, and would otherwise create it under the umask.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE))
         self.path = path
         self._lock = threading.RLock()
         self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -99,10 +105,13 @@ class Database:
             self._connection.execute("BEGIN IMMEDIATE")
             try:
                 yield self._connection
+                self._connection.execute("COMMIT")
             except BaseException:
-                self._connection.execute("ROLLBACK")
+                # A failed COMMIT (a full disk) may leave the transaction open, or SQLite may
+                # have rolled it back itself already; either way the next one starts clean.
+                if self._connection.in_transaction:
+                    self._connection.execute("ROLLBACK")
                 raise
-            self._connection.execute("COMMIT")
 
     def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Read rows (a consistent snapshot of one statement)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomnode.fileio import PRIVATE_DIRECTORY_MODE, make_directories
+
 
 @dataclass(frozen=True)
 class StateLayout:
@@ -32,6 +34,8 @@ class StateLayout:
         return self.root / "state.sqlite3"
 
     def create(self) -> None:
-        """Create the directories, readable by the node's user only."""
+        """Create the directories, and make them the node user's alone (also when they existed:
+        a state directory made by hand or by an older version keeps no wider mode)."""
         for directory in (self.root, self.spool, self.outbox, self.temp):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_directories(directory)
+            directory.chmod(PRIVATE_DIRECTORY_MODE)

@@ -10,11 +10,14 @@ unit runs the node in its state directory).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from dicomnode.net.tls import TlsFileError, client_context, server_context
 
 if TYPE_CHECKING:
     from inference.options import AnalysisOptions
@@ -42,10 +45,26 @@ class NodeSettings:
     port: int = 11112
     #: Calling AE titles allowed to associate; empty means any.
     allowed_calling_ae_titles: tuple[str, ...] = ()
+    #: Peer addresses (networks) allowed to connect; empty means any. Others are closed unread.
+    allowed_peer_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_associations: int = 10
     #: Largest P-DATA PDU the node accepts (bytes; 0 = unlimited). Large PDUs receive faster.
     max_pdu_bytes: int = 1048576
     network_timeout_seconds: float = 60.0
+    #: DICOM over TLS: the node's certificate and private key (PEM, both or neither).
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    #: With TLS: clients must present a certificate signed by one of these (mutual TLS).
+    tls_ca_certificates: Path | None = None
+
+    def __post_init__(self) -> None:
+        """The TLS files are loaded once here, so that a wrong one stops the node at start-up."""
+        _check_tls_pair("node", self.tls_certificate, self.tls_private_key)
+        if self.tls_ca_certificates is not None and self.tls_certificate is None:
+            raise ConfigError("node.tls_ca_certificates: needs node.tls_certificate and node.tls_private_key")
+        certificate, private_key, ca_certificates = self.tls_certificate, self.tls_private_key, self.tls_ca_certificates
+        if certificate is not None and private_key is not None:
+            _check_tls_loads("node", lambda: server_context(certificate, private_key, ca_certificates))
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,11 @@ class AssemblySettings:
     max_slice_thickness_mm: float = 10.0
     #: A gap between neighbouring slices larger than this times the median spacing is a missing slice.
     max_gap_factor: float = 1.5
+    #: Larger series are not analysed (the volume, its resampled copies and the SEG grow with it):
+    #: 2000 slices of 1024 x 1024 is about 4 GiB of voxels before resampling.
+    max_slices: int = 2000
+    #: Images with more rows or columns than this are not analysed.
+    max_matrix: int = 1024
 
 
 @dataclass(frozen=True)
@@ -191,6 +215,19 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class TlsClient:
+    """How the node speaks DICOM over TLS to a destination (paths to PEM files)."""
+
+    #: The certificates that sign the peer's; None: the system's trust store.
+    ca_certificates: Path | None = None
+    #: The node's own certificate and key, for peers that require mutual TLS.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: The host name the peer's certificate must carry; None: the destination's host.
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
 class DicomDestination:
     """A DICOM peer that receives results by C-STORE."""
 
@@ -199,6 +236,8 @@ class DicomDestination:
     host: str
     port: int
     delivery: Delivery = field(default_factory=Delivery)
+    #: None: plain TCP.
+    tls: TlsClient | None = None
 
 
 @dataclass(frozen=True)
@@ -305,6 +344,37 @@ def _check_uid_root(key: str, value: Any) -> str:
     return root
 
 
+def _check_network(key: str, value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4/IPv6 address or network (``10.0.0.0/8``, ``192.168.1.20``, ``fd00::/8``)."""
+    try:
+        return ipaddress.ip_network(_check_str(key, value, what="an IP address or network"))
+    except ValueError as error:
+        raise ConfigError(f"{key}: must be an IP address or network such as 10.0.0.0/8 or fd00::/8 ({error})") from None
+
+
+def _check_pem_file(key: str, value: Any) -> Path | None:
+    """An existing file, or the empty string for "none"."""
+    path = _check_optional_path(key, value)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{key}: no such file: {path}")
+    return path
+
+
+def _check_tls_pair(where: str, certificate: Path | None, private_key: Path | None) -> None:
+    """A certificate needs its private key, and the other way round."""
+    if (certificate is None) != (private_key is None):
+        missing = "tls_private_key" if private_key is None else "tls_certificate"
+        raise ConfigError(f"{where}.{missing}: missing (tls_certificate and tls_private_key go together)")
+
+
+def _check_tls_loads(where: str, build: Callable[[], Any]) -> None:
+    """Build the TLS context once, so that a file that does not load fails naming its key."""
+    try:
+        build()
+    except TlsFileError as error:
+        raise ConfigError(f"{where}.{error.key}: {error.reason}") from None
+
+
 # Per section: key -> checker(key, value) returning the typed value.
 _Checker = Callable[[str, Any], Any]
 _SECTIONS: dict[str, tuple[type, dict[str, _Checker]]] = {
@@ -315,9 +385,13 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Checker]]] = {
             "bind_address": lambda k, v: _check_str(k, v, re.compile(r".+"), "a host address"),
             "port": lambda k, v: _check_int(k, v, 1, 65535),
             "allowed_calling_ae_titles": lambda k, v: _check_list(k, v, check_ae_title),
+            "allowed_peer_addresses": lambda k, v: _check_list(k, v, _check_network),
             "max_associations": lambda k, v: _check_int(k, v, 1, 1000),
             "max_pdu_bytes": lambda k, v: _check_int(k, v, 0, 2**32 - 1),
             "network_timeout_seconds": lambda k, v: _check_number(k, v, 1),
+            "tls_certificate": _check_pem_file,
+            "tls_private_key": _check_pem_file,
+            "tls_ca_certificates": _check_pem_file,
         },
     ),
     "storage": (
@@ -341,6 +415,8 @@ _SECTIONS: dict[str, tuple[type, dict[str, _Checker]]] = {
             "min_slices": lambda k, v: _check_int(k, v, 1, 100000),
             "max_slice_thickness_mm": lambda k, v: _check_number(k, v, 0),
             "max_gap_factor": lambda k, v: _check_number(k, v, 1),
+            "max_slices": lambda k, v: _check_int(k, v, 1, 100000),
+            "max_matrix": lambda k, v: _check_int(k, v, 16, 65535),
         },
     ),
     "jobs": (
@@ -409,13 +485,15 @@ def _build_destination(index: int, raw: Any) -> Destination:
         raise ConfigError(f"{where}: must be a table")
     kind = raw.get("type")
     name = _check_str(f"{where}.name", raw.get("name", f"destination-{index}"))
+    optional = {"name", *_DELIVERY_KEYS}
     if kind == "dicom":
         required = {"type", "ae_title", "host", "port"}
+        optional |= set(_TLS_KEYS)
     elif kind == "folder":
         required = {"type", "path"}
     else:
         raise ConfigError(f"{where}.type: must be 'dicom' or 'folder', got {kind!r}")
-    unknown = sorted(set(raw) - required - {"name", *_DELIVERY_KEYS})
+    unknown = sorted(set(raw) - required - optional)
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown key for a {kind} destination")
     missing = sorted(required - set(raw))
@@ -430,10 +508,32 @@ def _build_destination(index: int, raw: Any) -> Destination:
         host=_check_str(f"{where}.host", raw["host"], re.compile(r".+"), "a host name or address"),
         port=_check_int(f"{where}.port", raw["port"], 1, 65535),
         delivery=delivery,
+        tls=_build_tls_client(where, raw),
     )
 
 
 _DELIVERY_KEYS = ("objects", "seg_type")
+_TLS_KEYS = ("tls", "tls_ca_certificates", "tls_certificate", "tls_private_key", "tls_server_name")
+
+
+def _build_tls_client(where: str, raw: dict[str, Any]) -> TlsClient | None:
+    """A DICOM destination's ``tls = true`` and its files; a TLS key without ``tls = true`` is an
+    error (the operator would believe in an encryption the node does not do)."""
+    if not _check_bool(f"{where}.tls", raw.get("tls", False)):
+        stray = next((key for key in _TLS_KEYS[1:] if key in raw), None)
+        if stray is not None:
+            raise ConfigError(f"{where}.{stray}: needs tls = true")
+        return None
+    server_name = _check_str(f"{where}.tls_server_name", raw.get("tls_server_name", ""))
+    tls = TlsClient(
+        ca_certificates=_check_pem_file(f"{where}.tls_ca_certificates", raw.get("tls_ca_certificates", "")),
+        certificate=_check_pem_file(f"{where}.tls_certificate", raw.get("tls_certificate", "")),
+        private_key=_check_pem_file(f"{where}.tls_private_key", raw.get("tls_private_key", "")),
+        server_name=server_name or None,
+    )
+    _check_tls_pair(where, tls.certificate, tls.private_key)
+    _check_tls_loads(where, lambda: client_context(tls.ca_certificates, tls.certificate, tls.private_key))
+    return tls
 
 
 def _build_delivery(where: str, raw: dict[str, Any]) -> Delivery:

@@ -15,9 +15,11 @@ volume needs little more than the volume itself.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -125,6 +127,7 @@ def _read_header(path: Path) -> Dataset:
     """The file's attributes without pixel data, checked to be a single-frame CT image."""
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
+        list(header)  # pydicom converts values when first read: a damaged one must fail here, not in a check
     except Exception as error:  # pydicom raises many types for damaged files; all mean the same
         raise VolumeError(f"{path}: not a readable DICOM file ({error})") from error
     _check_sop_class(path, header)
@@ -138,7 +141,7 @@ def _check_sop_class(path: Path, header: Dataset) -> None:
     """Only single-frame CT Image Storage is analysed."""
     _fill_from_file_meta(path, header)
     sop_class = str(header.get("SOPClassUID") or "")
-    number_of_frames = int(header.get("NumberOfFrames") or 1)
+    number_of_frames = _number(header, "NumberOfFrames", 1, int)
     if sop_class == ENHANCED_CT_IMAGE_STORAGE or number_of_frames > 1:
         raise VolumeError(f"{path}: Enhanced CT multi-frame is not analysed by this version")
     if sop_class != CT_IMAGE_STORAGE:
@@ -168,13 +171,14 @@ def _common_grid(headers: Sequence[tuple[Path, Dataset]]) -> _Grid:
     for path, header in headers[1:]:
         _check_same_series(first_path, first, path, header)
     _warn_about_frames_of_reference(headers)
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    if row_spacing <= 0 or column_spacing <= 0:
-        raise VolumeError(f"{first_path}: PixelSpacing must be positive, got {list(first.PixelSpacing)}")
+    spacing = _floats(first, "PixelSpacing", first_path)
+    if spacing.shape != (2,) or not (spacing > 0).all():
+        raise VolumeError(f"{first_path}: PixelSpacing must be two positive numbers, got {spacing.tolist()}")
+    row_spacing, column_spacing = (float(v) for v in spacing)
     row_cosine, column_cosine = _unit_cosines(first_path, first)
     return _Grid(
-        rows=int(first.Rows),
-        columns=int(first.Columns),
+        rows=_number(first, "Rows", 0, int),
+        columns=_number(first, "Columns", 0, int),
         row_spacing_mm=row_spacing,
         column_spacing_mm=column_spacing,
         row_cosine=row_cosine,
@@ -210,7 +214,7 @@ def _warn_about_frames_of_reference(headers: Sequence[tuple[Path, Dataset]]) -> 
     if len(frames) > 1:
         logger.warning(
             "The %d slices of series %s carry %d different FrameOfReferenceUIDs (a de-identification artifact?)",
-            len(headers), headers[0][1].SeriesInstanceUID, len(frames),
+            len(headers), headers[0][1].get("SeriesInstanceUID"), len(frames),
         )
 
 
@@ -228,9 +232,12 @@ def _unit_cosines(path: Path, header: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def _floats(header: Dataset, keyword: str, path: Path) -> np.ndarray:
     try:
-        return np.array([float(v) for v in header[keyword].value], dtype=np.float64)
+        values = np.array([float(v) for v in header[keyword].value], dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise VolumeError(f"{path}: {keyword} is not a list of numbers ({error})") from error
+    if not np.isfinite(values).all():
+        raise VolumeError(f"{path}: {keyword} {values.tolist()} is not finite")
+    return values
 
 
 # --- order and spacing ---------------------------------------------------------------------
@@ -250,7 +257,7 @@ def _sort_along_normal(headers: Sequence[tuple[Path, Dataset]], grid: _Grid) -> 
     ]
     return sorted(
         slices,
-        key=lambda s: (s.position_mm, int(s.header.get("InstanceNumber") or 0), str(s.header.get("SOPInstanceUID"))),
+        key=lambda s: (s.position_mm, _number(s.header, "InstanceNumber", 0, int), str(s.header.get("SOPInstanceUID"))),
     )
 
 
@@ -326,7 +333,10 @@ def _check_in_plane_alignment(slices: Sequence[_Slice], grid: _Grid) -> None:
 
 def _decode_slices(slices: Sequence[_Slice], grid: _Grid) -> np.ndarray:
     """Decode each file into its place of one preallocated float32 HU array."""
-    hu = np.empty((len(slices), grid.rows, grid.columns), dtype=np.float32)
+    try:
+        hu = np.empty((len(slices), grid.rows, grid.columns), dtype=np.float32)
+    except MemoryError as error:  # the sizes come from the headers, which may claim anything
+        raise VolumeError(f"{len(slices)} slices of {grid.rows} x {grid.columns} do not fit in memory") from error
     for index, item in enumerate(slices):
         stored = _decode_pixels(item, grid)
         _stored_to_hu(stored, item.header, out=hu[index])
@@ -357,21 +367,29 @@ def _stored_to_hu(stored: np.ndarray, header: Dataset, out: np.ndarray) -> None:
     out[out <= OUTSIDE_FOV_HU] = AIR_HU
 
 
-def _number(header: Dataset, keyword: str, default: float) -> float:
+def _number(header: Dataset, keyword: str, default: float, kind: type = float) -> Any:
+    """One finite number (``default`` when absent); anything else is a VolumeError naming the file."""
     value = header.get(keyword)
-    return default if value in (None, "") else float(value)
+    if value in (None, ""):
+        return default
+    where = getattr(header, "filename", "")  # dcmread's path
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise VolumeError(f"{where}: {keyword} {value!r} is not one number") from error
+    if not math.isfinite(number):
+        raise VolumeError(f"{where}: {keyword} {value!r} is not finite")
+    return number
 
 
 def _padding_mask(stored: np.ndarray, header: Dataset) -> np.ndarray | None:
     """Where the stored values are pixel padding (a value, or a range up to PixelPaddingRangeLimit)."""
-    value = header.get("PixelPaddingValue")
-    if value in (None, ""):
+    if header.get("PixelPaddingValue") in (None, ""):
         return None
-    low = _as_stored(int(value), header)
-    limit = header.get("PixelPaddingRangeLimit")
-    if limit in (None, ""):
+    low = _as_stored(_number(header, "PixelPaddingValue", 0, int), header)
+    if header.get("PixelPaddingRangeLimit") in (None, ""):
         return stored == low
-    high = _as_stored(int(limit), header)
+    high = _as_stored(_number(header, "PixelPaddingRangeLimit", 0, int), header)
     low, high = min(low, high), max(low, high)
     return (stored >= low) & (stored <= high)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ DCIODVFY = str(Path(sys.executable).parent / "dciodvfy")
 ORTHANC = "/usr/sbin/Orthanc"
 #: Seconds a starting node may take to answer C-ECHO (imports, recovery of its state).
 NODE_READY_TIMEOUT = 60.0
+#: The AE title the tests give the node.
+NODE_AET = "DECOVNODE"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEG = "1.2.840.10008.5.1.4.1.1.66.7"
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+KEY_IMAGES = 3  # encoding.key_image_count by default
 
 
 def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -42,8 +49,9 @@ def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "co
         time.sleep(interval)
 
 
-def echo_ok(aet: str, port: int) -> bool:
-    result = subprocess.run([ECHOSCU, "-aec", aet, "127.0.0.1", str(port)], capture_output=True, timeout=30)
+def echo_ok(aet: str, port: int, options: Sequence[str] = ()) -> bool:
+    """C-ECHO with dcmtk's echoscu; ``options`` such as its TLS ones (``+tls KEY CERT +cf CA``)."""
+    result = subprocess.run([ECHOSCU, *options, "-aec", aet, "127.0.0.1", str(port)], capture_output=True, timeout=30)
     return result.returncode == 0
 
 
@@ -62,14 +70,20 @@ def _first_file(target: Path) -> Path:
 
 
 def storescu(
-    files_or_dir: Path | list[Path], aet: str, port: int, calling: str = "STORESCU", check: bool = True
+    files_or_dir: Path | list[Path],
+    aet: str,
+    port: int,
+    calling: str = "STORESCU",
+    check: bool = True,
+    options: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Send files (or a whole folder) with dcmtk's storescu, offering the files' own transfer
-    syntax; keep going after refused files. ``check``: fail unless every file was stored."""
+    syntax; keep going after refused files. ``check``: fail unless every file was stored.
+    ``options``: more storescu options, such as its TLS ones."""
     require_tool(STORESCU)
     targets = [files_or_dir] if isinstance(files_or_dir, Path) else list(files_or_dir)
     transfer_syntax = pydicom.dcmread(_first_file(targets[0]), stop_before_pixels=True).file_meta.TransferSyntaxUID
-    command = [STORESCU, "-v", "-aec", aet, "-aet", calling, "--scan-directories", "--recurse", "--no-halt"]
+    command = [STORESCU, "-v", *options, "-aec", aet, "-aet", calling, "--scan-directories", "--recurse", "--no-halt"]
     if transfer_syntax in _STORESCU_PROPOSAL:
         command.append(_STORESCU_PROPOSAL[transfer_syntax])
     command += ["127.0.0.1", str(port), *map(str, targets)]
@@ -99,6 +113,21 @@ def dciodvfy_errors(path: Path, labelmap_references: bool = False) -> list[str]:
     if labelmap_references:
         errors = [line for line in errors if line != LABELMAP_REFERENCE_FALSE_POSITIVE]
     return errors
+
+
+def results_by_series(directory: Path) -> dict[str, dict[str, Any]]:
+    """SEG (BINARY or LABELMAP, with its path) and SR files a destination received, by the source
+    series they describe."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".log")):
+        ds = pydicom.dcmread(path)
+        if ds.SOPClassUID in (SEG, LABEL_MAP_SEG):
+            source = ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+            found.setdefault(source, {}).update(seg=ds, seg_path=path)
+        elif ds.SOPClassUID == COMPREHENSIVE_3D_SR:
+            for item in ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence:
+                found.setdefault(item.SeriesInstanceUID, {})["sr"] = ds
+    return found
 
 
 class Process:
@@ -135,18 +164,27 @@ class StoreSCP(Process):
     """dcmtk storescp writing every received object into ``directory``.
 
     ``promiscuous`` accepts SOP classes dcmtk does not know (Debian's 3.6.7 predates the Label Map
-    Segmentation Storage SOP class, as many archives in the field do)."""
+    Segmentation Storage SOP class, as many archives in the field do). ``options``: more storescp
+    options (its TLS ones); ``echo_options``: the echoscu options that reach it (to see it is up)."""
 
-    def __init__(self, directory: Path, aet: str = "RESULTS", port: int | None = None, promiscuous: bool = False):
+    def __init__(
+        self,
+        directory: Path,
+        aet: str = "RESULTS",
+        port: int | None = None,
+        promiscuous: bool = False,
+        options: Sequence[str] = (),
+        echo_options: Sequence[str] = (),
+    ):
         require_tool(STORESCP)
         self.aet = aet
         self.port = port or free_port()
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        options = ["--promiscuous"] if promiscuous else []
+        options = [*(["--promiscuous"] if promiscuous else []), *options]
         command = [STORESCP, *options, "-aet", aet, "-od", str(directory), str(self.port)]
         super().__init__(command, directory.parent / f"storescp-{self.port}.log")
-        wait_until(lambda: echo_ok(aet, self.port), 20, what="storescp to answer C-ECHO")
+        wait_until(lambda: echo_ok(aet, self.port, echo_options), 20, what="storescp to answer C-ECHO")
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.iterdir() if p.is_file())
@@ -196,3 +234,35 @@ class OrthancPACS(Process):
     def get_bytes(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=60) as response:
             return response.read()
+
+
+class NodeProcess(Process):
+    """`python -m dicomnode serve` with command-line overrides, as an operator or a test starts it."""
+
+    def __init__(
+        self, state_dir: Path, port: int, destinations: list[str], quiet: float = 2.0, config: Path | None = None
+    ):
+        self.port = port
+        self.state_dir = state_dir
+        command = [sys.executable, "-m", "dicomnode", "serve", "--aet", NODE_AET, "--port", str(port)]
+        command += ["--state-dir", str(state_dir), "--quiet-seconds", str(quiet)]
+        if config is not None:
+            command += ["--config", str(config)]
+        for destination in destinations:
+            command += ["--destination", destination]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        super().__init__(command, state_dir.parent / f"node-{port}.log", env=env)
+        wait_until(lambda: echo_ok(NODE_AET, port) or not self.alive(), NODE_READY_TIMEOUT, what="the node to answer C-ECHO")
+        if not self.alive():
+            raise AssertionError("the node exited:\n" + self.output())
+
+    def status(self) -> dict:
+        result = subprocess.run(
+            [sys.executable, "-m", "dicomnode", "status", "--state-dir", str(self.state_dir), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)

@@ -33,6 +33,16 @@ def _modality(headers: Headers, settings: AssemblySettings) -> str | None:
     return f"modality {', '.join(modalities)} is not analysed (allowed: {', '.join(settings.modalities)})" if modalities else None
 
 
+def _within_limits(headers: Headers, settings: AssemblySettings) -> str | None:
+    """Checked before anything reads pixels, so an oversized series costs no memory."""
+    if len(headers) > settings.max_slices:
+        return f"{len(headers)} instances, at most {settings.max_slices} are analysed (assembly.max_slices)"
+    largest = max(max(h.rows or 0, h.columns or 0) for h in headers)
+    if largest > settings.max_matrix:
+        return f"images of {largest} rows or columns, at most {settings.max_matrix} are analysed (assembly.max_matrix)"
+    return None
+
+
 def _single_frame_ct(headers: Headers, settings: AssemblySettings) -> str | None:
     if any(h.sop_class_uid != CT_IMAGE_STORAGE for h in headers):
         return "only single-frame CT Image Storage is analysed (Enhanced CT is kept in the spool, not analysed)"
@@ -49,6 +59,8 @@ def _geometry_present(headers: Headers, settings: AssemblySettings) -> str | Non
     for h in headers:
         if None in (h.orientation, h.position, h.pixel_spacing, h.rows, h.columns):
             return f"instance {h.sop_instance_uid} lacks image geometry (orientation, position, spacing or size)"
+        if not all(math.isfinite(v) for v in (*h.orientation, *h.position, *h.pixel_spacing)):
+            return f"instance {h.sop_instance_uid} has a non-finite orientation, position or spacing (NaN or infinity)"
     return None
 
 
@@ -65,7 +77,10 @@ def _consistent(headers: Headers, settings: AssemblySettings) -> str | None:
 
 
 def _axial(headers: Headers, settings: AssemblySettings) -> str | None:
-    normal = slice_normal(headers[0].orientation)  # type: ignore[arg-type]
+    try:
+        normal = slice_normal(headers[0].orientation)  # type: ignore[arg-type]
+    except ValueError as error:  # parallel or zero direction cosines
+        return str(error)
     angle = math.degrees(math.acos(min(1.0, abs(float(normal[2])))))
     if angle > settings.max_obliquity_degrees:
         return f"not axial: the slices are tilted {angle:.0f} degrees from axial (limit {settings.max_obliquity_degrees:g})"
@@ -101,6 +116,7 @@ def _no_missing_slices(headers: Headers, settings: AssemblySettings) -> str | No
 
 RULES: tuple[Rule, ...] = (
     Rule("modality", _modality),
+    Rule("size limits", _within_limits),
     Rule("single-frame CT", _single_frame_ct),
     Rule("original image", _original),
     Rule("geometry present", _geometry_present),

@@ -130,6 +130,15 @@ class JobQueue:
                 )
         return state
 
+    def postpone(self, job: Job, reason: str, not_before: float) -> None:
+        """Put a running job back to pending until ``not_before``; the attempt does not count."""
+        with self.db.transaction() as sql:
+            sql.execute(
+                "UPDATE jobs SET state = 'pending', attempts = attempts - 1, reason = ?, not_before = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'running'",
+                (reason, not_before, not_before, job.id),
+            )
+
     def resume_interrupted(self) -> int:
         """At start-up: jobs left running by a killed process become pending again."""
         with self.db.transaction() as sql:

@@ -11,12 +11,14 @@ a bounded number of times, then the job is failed with its error. Either way the
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any
 
 from dicomnode.db import Database
 from dicomnode.encode import EncodingError
+from dicomnode.fileio import out_of_space
 from dicomnode.jobs.queue import Job, JobQueue
 from dicomnode.pipeline import Analyze, analyse_series
 from dicomnode.send import Outbox
@@ -58,6 +60,13 @@ class Worker:
             summary = self._process(job)
         except (VolumeError, EncodingError) as error:
             self._fail(job, f"{type(error).__name__}: {error}", retry=False)
+        except (OSError, sqlite3.OperationalError) as error:
+            full = out_of_space(error)
+            if full is None:
+                logger.exception("job %d (series %s) raised", job.id, job.series_uid)
+                self._fail(job, f"{type(error).__name__}: {error}", retry=True)
+            else:
+                self._postpone(job, f"out of space: {full}")
         except Exception as error:
             logger.exception("job %d (series %s) raised", job.id, job.series_uid)
             self._fail(job, f"{type(error).__name__}: {error}", retry=True)
@@ -77,6 +86,12 @@ class Worker:
             self.queue.mark_done(sql, job, result.summary, time.time(), self.settings.storage.retention_seconds)
             self.outbox.enqueue(sql, job.id, files)
         return result.summary
+
+    def _postpone(self, job: Job, reason: str) -> None:
+        """A full disk is no fault of the series: wait for space without using up its attempts."""
+        delay = self.settings.jobs.retry_delay_seconds
+        self.queue.postpone(job, reason, time.time() + delay)
+        logger.warning("job %d (series %s) postponed by %.0f s: %s", job.id, job.series_uid, delay, reason)
 
     def _fail(self, job: Job, error: str, *, retry: bool) -> None:
         state = self.queue.mark_failed(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from dicomnode.fileio import out_of_space
 from dicomnode.spool import HeaderError, InstanceIndex, OutOfSpace, Spool, read_header
 from dicomnode.status import Status
 
@@ -36,9 +37,9 @@ def pixel_data_problem(dataset: Dataset) -> str | None:
             * int(dataset.BitsAllocated)
             // 8
         )
-    except (AttributeError, TypeError, ValueError) as error:
+    except (AttributeError, TypeError, ValueError, OverflowError) as error:
         return f"the image pixel description is incomplete: {error}"
-    actual = len(dataset.PixelData)
+    actual = len(dataset.PixelData or b"")  # an empty element's value is None
     if actual < expected:
         return f"Pixel Data is truncated: {actual} bytes where Rows x Columns x frames needs {expected}"
     return None
@@ -93,8 +94,11 @@ class StoreReceiver:
             return Status.OUT_OF_RESOURCES
         try:
             self.index.record(header, relative, size, calling_ae, now)
-        except sqlite3.Error:
-            logger.exception("refused instance %s: the index could not be written", header.sop_instance_uid)
+        except sqlite3.Error as error:
+            if out_of_space(error) is not None:
+                logger.error("refused instance %s: out of space for the index (%s)", header.sop_instance_uid, error)
+            else:
+                logger.exception("refused instance %s: the index could not be written", header.sop_instance_uid)
             self.spool.remove(relative)
             return Status.OUT_OF_RESOURCES
         return Status.SUCCESS

@@ -1,4 +1,4 @@
-"""The receiving AE: which associations it accepts, and its C-ECHO / C-STORE handlers.
+"""The receiving AE: which connections and associations it accepts, and its C-ECHO / C-STORE handlers.
 
 Handlers are plain functions bound to their dependencies (no globals). They never raise: an
 unexpected error becomes a failure status and a logged traceback, and the node keeps serving.
@@ -6,7 +6,10 @@ unexpected error becomes a failure status and a logged traceback, and the node k
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+import threading
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -27,8 +30,10 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from dicomnode.net.receiver import StoreReceiver
+from dicomnode.net.tls import describe, server_context
 from dicomnode.settings import NodeSettings
 from dicomnode.status import Status
 
@@ -62,6 +67,7 @@ def handle_store(event: Event, receiver: StoreReceiver) -> int:
     calling_ae = event.assoc.requestor.ae_title
     try:
         dataset = event.dataset
+        list(dataset)  # pydicom converts values when first read: a damaged one must fail here, not while filing
         dataset.file_meta = event.file_meta
         encoded = event.encoded_dataset(include_meta=True)
     except Exception as error:  # any decoding failure of a peer's bytes is "cannot understand"
@@ -98,6 +104,28 @@ def _log_aborted(event: Event) -> None:
     logger.warning("association from %s aborted", event.assoc.requestor.ae_title)
 
 
+def _time_out_reads(event: Event) -> None:
+    """Give an accepted connection the network timeout, which pynetdicom sets only on sockets it connects.
+
+    An accepted socket blocks: a peer that sent part of a PDU and then nothing held its thread
+    and an association slot for as long as it kept the connection open. With the timeout, the
+    read fails after ``network_timeout_seconds`` of silence and the connection is closed.
+    """
+    event.assoc.dul.socket.socket.settimeout(event.assoc.network_timeout)
+
+
+def _end_the_wait_for_a_request(event: Event) -> None:
+    """A connection closed before its A-ASSOCIATE-RQ was read: stop waiting for one now.
+
+    pynetdicom's acceptor thread waits the ACSE timeout (the network timeout) for a request
+    that can no longer come, and counts against ``max_associations`` meanwhile: each port scan,
+    TCP health check or garbage connection would hold a slot for a minute. An empty item ends
+    the wait as its timeout would (the thread reads None as "no request", kills and closes).
+    """
+    if event.assoc.is_acceptor and event.assoc.requestor.primitive is None:
+        event.assoc.dul.to_user_queue.put(None)
+
+
 def build_ae(settings: NodeSettings) -> AE:
     """The node's AE with every storage SOP class and the accepted transfer syntaxes."""
     ae = AE(ae_title=settings.ae_title)
@@ -114,7 +142,64 @@ def build_ae(settings: NodeSettings) -> AE:
     return ae
 
 
-def start_receiver(settings: NodeSettings, receiver: StoreReceiver) -> ThreadedAssociationServer:
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def peer_allowed(host: str, networks: tuple[_Network, ...]) -> bool:
+    """Whether ``host`` (as the socket reports it) is in one of ``networks``; an IPv4 peer of a
+    dual-stack socket (``::ffff:10.1.2.3``) counts as its IPv4 address."""
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+class NodeServer(ThreadedAssociationServer):
+    """pynetdicom's server with the node's connection checks, before any DICOM is read.
+
+    A peer outside ``node.allowed_peer_addresses`` is closed as soon as it is accepted
+    (socketserver's ``verify_request``): no TLS handshake, no A-ASSOCIATE, nothing of it is read.
+    The TLS handshake runs in the connection's own thread with the network timeout, where
+    pynetdicom would run it in the accepting thread without one: there a client that connects
+    and stays silent would stop the node accepting anyone else.
+    """
+
+    def __init__(
+        self, *args: object, allowed_networks: tuple[_Network, ...], handshake_timeout: float, **kwargs: object
+    ) -> None:
+        self.allowed_networks = allowed_networks
+        self.handshake_timeout = handshake_timeout
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept without the TLS handshake (see :meth:`process_request_thread`)."""
+        assert self.socket is not None
+        return self.socket.accept()
+
+    def verify_request(self, request: object, client_address: tuple[str, int] | str) -> bool:
+        host = client_address[0] if isinstance(client_address, tuple) else client_address
+        if not self.allowed_networks or peer_allowed(host, self.allowed_networks):
+            return True
+        logger.warning("connection from %s closed: address not in node.allowed_peer_addresses", host)
+        return False
+
+    def process_request_thread(  # type: ignore[override]
+        self, request: socket.socket, client_address: tuple[str, int]
+    ) -> None:
+        if self.ssl_context is not None:
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+                request.settimeout(None)  # blocking, as pynetdicom's own accepted sockets are
+            except OSError as error:
+                logger.warning("TLS handshake with %s:%s failed: %s", *client_address[:2], describe(error))
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+def start_receiver(settings: NodeSettings, receiver: StoreReceiver) -> NodeServer:
     """Start listening (non-blocking); stop with ``server.shutdown()``."""
     ae = build_ae(settings)
     handlers = [
@@ -124,7 +209,23 @@ def start_receiver(settings: NodeSettings, receiver: StoreReceiver) -> ThreadedA
         (evt.EVT_REJECTED, _log_rejected),
         (evt.EVT_RELEASED, _log_released),
         (evt.EVT_ABORTED, _log_aborted),
+        (evt.EVT_CONN_OPEN, _time_out_reads),
+        (evt.EVT_CONN_CLOSE, _end_the_wait_for_a_request),
     ]
-    server = ae.start_server((settings.bind_address, settings.port), block=False, evt_handlers=handlers)
-    logger.info("listening as %s on %s:%d", settings.ae_title, settings.bind_address, settings.port)
+    context = None
+    if settings.tls_certificate is not None and settings.tls_private_key is not None:
+        context = server_context(settings.tls_certificate, settings.tls_private_key, settings.tls_ca_certificates)
+    server = ae.make_server(
+        (settings.bind_address, settings.port),
+        ssl_context=context,
+        evt_handlers=handlers,
+        server_class=NodeServer,
+        allowed_networks=settings.allowed_peer_addresses,
+        handshake_timeout=settings.network_timeout_seconds,
+    )
+    # What ae.start_server(block=False) does, with the node's server class.
+    threading.Thread(target=make_target(server.serve_forever), name="AcceptorServer", daemon=True).start()
+    ae._servers.append(server)  # server.shutdown() removes itself from this list
+    security = "plain TCP" if context is None else ("mutual TLS" if settings.tls_ca_certificates is not None else "TLS")
+    logger.info("listening as %s on %s:%d (%s)", settings.ae_title, settings.bind_address, settings.port, security)
     return server

@@ -61,7 +61,7 @@ def copy_files(
             outcome = SendOutcome(path, None, f"cannot read {path.name}: {error}")
         else:
             try:
-                write_atomically(target, _copy_from(path))
+                write_atomically(target, _copy_from(path), private=False)
             except OSError as error:
                 reason = f"cannot write to folder {destination.path}: {error}"
                 raise DestinationUnavailable(reason, outcomes) from error

@@ -24,7 +24,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
 from dicomnode.db import Database
-from dicomnode.fileio import fsync_directory, safe_name, write_atomically
+from dicomnode.fileio import fsync_directory, make_directories, safe_name, write_atomically
 from dicomnode.layout import StateLayout
 from dicomnode.results import ResultObject
 from dicomnode.settings import SenderSettings, Settings
@@ -102,7 +102,7 @@ class Outbox:
             if any(file.sop_instance_uid == uid for _, file in prepared):
                 raise ValueError(f"job {job_id}: SOP Instance UID {uid} appears twice")
             prepared.append((dataset, OutboxFile(f"{job_id}/{safe_name(uid)}.dcm", uid, result.kind, result.seg_type)))
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_directories(self.directory)
         job_directory_existed = (self.directory / str(job_id)).exists()
         for dataset, file in prepared:
             write_atomically(self.directory / file.path, partial(_write_dataset, dataset), temp_dir=self.layout.temp)

@@ -26,6 +26,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.sop_class import Verification
 
+from dicomnode.net.tls import ClientContext, TlsFileError, client_context
 from dicomnode.send.outcome import DestinationUnavailable, OutcomeCallback, SendOutcome
 from dicomnode.settings import DicomDestination
 
@@ -51,9 +52,10 @@ class _AssociationWatch:
     delayed ACK (tens of ms per object on loopback).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ClientContext | None = None) -> None:
         self.connected = False
         self.answer: A_ASSOCIATE | A_ABORT | A_P_ABORT | None = None
+        self.tls = tls
 
     def handlers(self) -> list[tuple[evt.NotificationEvent, Callable[[evt.Event], None]]]:
         return [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_ACSE_RECV, self._on_acse)]
@@ -80,6 +82,8 @@ class _AssociationWatch:
             unread = association.dul.peek_next_pdu()
             if isinstance(unread, (A_ASSOCIATE, A_ABORT, A_P_ABORT)):
                 answer = unread
+        if self.tls is not None and self.tls.failure is not None:
+            return DestinationUnavailable(f"TLS {self.tls.failure} ({where})")
         if not self.connected:
             return DestinationUnavailable(f"cannot connect to {where} (refused, unreachable or timed out)")
         if isinstance(answer, A_ASSOCIATE) and answer.result in (0x01, 0x02):
@@ -110,9 +114,21 @@ def _association(
     ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for abstract_syntax, transfer_syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, list(transfer_syntaxes))
-    watch = _AssociationWatch()
+    tls_args: tuple[ClientContext, str] | None = None
+    if destination.tls is not None:  # a fresh context per association: renewed certificates are read
+        tls = destination.tls
+        try:
+            context = client_context(tls.ca_certificates, tls.certificate, tls.private_key)
+        except TlsFileError as error:  # loaded at start-up: since removed or replaced
+            raise DestinationUnavailable(f"TLS for {destination.name} not set up: {error}") from None
+        tls_args = (context, tls.server_name or destination.host)
+    watch = _AssociationWatch(tls_args[0] if tls_args else None)
     association = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=watch.handlers()
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        evt_handlers=watch.handlers(),
+        tls_args=tls_args,
     )
     if not association.is_established:
         raise watch.failure(destination, association)

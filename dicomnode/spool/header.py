@@ -73,15 +73,15 @@ def _optional_number(ds: Dataset, keyword: str, kind: type) -> float | int | Non
         return None
     try:
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf) of a DS "inf" where an IS belongs
         raise HeaderError(f"{keyword} is not numeric: {value!r}") from None
 
 
 def read_header(ds: Dataset) -> InstanceHeader:
     """Extract the header of a dataset; raise :class:`HeaderError` when a UID is missing."""
     image_type = ds.get("ImageType") or ()
-    if isinstance(image_type, str):
-        image_type = image_type.split("\\")
+    if not isinstance(image_type, (MultiValue, list, tuple)):  # one value, or a number sent with another VR
+        image_type = str(image_type).split("\\")
     return InstanceHeader(
         sop_class_uid=_uid(ds, "SOPClassUID"),
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),

@@ -7,7 +7,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from dicomnode.fileio import fsync_directory, safe_name, write_atomically
+from dicomnode.fileio import fsync_directory, out_of_space, safe_name, write_atomically
 from dicomnode.layout import StateLayout
 from dicomnode.spool.header import InstanceHeader
 
@@ -45,7 +45,7 @@ class Spool:
         try:
             size = write_atomically(self.absolute(relative), lambda handle: handle.write(encoded), self.layout.temp)
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            if out_of_space(error) is not None:
                 raise OutOfSpace(error.errno, str(error)) from error
             raise
         return relative, size

@@ -5,7 +5,6 @@ Each bad input gets its status, leaves nothing behind, and the node serves the n
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,52 +14,13 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 from pynetdicom import AE, _config
 
-from conftest import SHARED_DATA, free_port, require_path
-from dicomnode.db import Database
-from dicomnode.layout import StateLayout
-from dicomnode.net.receiver import StoreReceiver
-from dicomnode.net.scp import start_receiver
-from dicomnode.settings import CT_IMAGE_STORAGE, NodeSettings, StorageSettings
-from dicomnode.spool import InstanceIndex, Spool
+from conftest import SHARED_DATA, require_path
+from dicomnode.settings import CT_IMAGE_STORAGE, StorageSettings
 from dicomnode.status import Status
 from factories import PhantomSeries
 from peers import storescu
-
-
-@dataclasses.dataclass
-class RunningReceiver:
-    settings: NodeSettings
-    layout: StateLayout
-    spool: Spool
-    index: InstanceIndex
-
-    def indexed(self) -> int:
-        return self.index.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
-
-    def spool_files(self) -> list[Path]:
-        return self.spool.files()
-
-    def temporaries(self) -> list[Path]:
-        return list(self.layout.temp.iterdir())
-
-
-def _start(
-    tmp_path: Path, min_free_mb: int = 0, allowed: tuple[str, ...] = (), max_associations: int = 10
-) -> tuple[RunningReceiver, object]:
-    settings = NodeSettings(
-        ae_title="TESTNODE",
-        bind_address="127.0.0.1",
-        port=free_port(),
-        allowed_calling_ae_titles=allowed,
-        max_associations=max_associations,
-    )
-    layout = StateLayout(tmp_path / "state")
-    layout.create()
-    db = Database(layout.database)
-    spool = Spool(layout, min_free_mb * 2**20)
-    index = InstanceIndex(db)
-    server = start_receiver(settings, StoreReceiver(spool, index, StorageSettings().keep_sop_classes))
-    return RunningReceiver(settings, layout, spool, index), server
+from receivers import RunningReceiver
+from receivers import start_in_process as _start
 
 
 @pytest.fixture

@@ -44,6 +44,16 @@ def test_inconsistent_geometry() -> None:
     assert first_failure(mixed, SETTINGS) == "consistent geometry: slices differ in size (96x96 and 128x96)"
 
 
+def test_series_beyond_the_size_limits_are_not_analysed() -> None:
+    small = dataclasses.replace(SETTINGS, max_slices=39, max_matrix=95)
+    assert first_failure(headers(), small) == "size limits: 40 instances, at most 39 are analysed (assembly.max_slices)"
+    wide = dataclasses.replace(small, max_slices=40)
+    assert first_failure(headers(), wide) == (
+        "size limits: images of 96 rows or columns, at most 95 are analysed (assembly.max_matrix)"
+    )
+    assert first_failure(headers(), dataclasses.replace(wide, max_matrix=96)) is None
+
+
 def test_enhanced_ct_is_kept_but_not_analysed() -> None:
     enhanced = [dataclasses.replace(h, sop_class_uid=ENHANCED_CT_IMAGE_STORAGE) for h in headers()]
     assert first_failure(enhanced, SETTINGS).startswith("single-frame CT:")

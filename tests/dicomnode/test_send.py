@@ -416,6 +416,19 @@ def test_folder_destination_is_atomic_and_idempotent(tmp_path: Path, series: lis
     assert [p for p in folder.path.rglob("*") if p.is_file() and p.suffix != ".dcm"] == []
 
 
+def test_hostile_uids_do_not_escape_a_destination_folder(tmp_path: Path, series: list[Dataset]) -> None:
+    """A result carries the source's Study Instance UID: a hostile one stays a name in the folder."""
+    hostile = series[0].copy()
+    hostile.StudyInstanceUID = "../../../escape"
+    hostile.SeriesInstanceUID = "/tmp/absolute"
+    folder = FolderDestination(name="../../named-like-a-path", path=tmp_path / "results")
+    node = Node(tmp_path / "state", folder)
+    node.submit(1, [hostile])
+    assert node.sender.run_once(now=T0) == 1
+    [written] = [p for p in tmp_path.rglob("*.dcm") if not p.is_relative_to(tmp_path / "state")]
+    assert written.resolve().is_relative_to(folder.path.resolve()) and ".." not in written.parts
+
+
 def test_unwritable_folder_is_unavailable(tmp_path: Path, series: list[Dataset]) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the folder should be")

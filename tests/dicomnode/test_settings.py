@@ -28,6 +28,9 @@ def test_default_configuration_listens_on_11112_and_writes_to_a_folder() -> None
     assert settings.destinations[0].path == Path.cwd() / "dicomnode-results"
 
 
+_PEER = {"type": "dicom", "ae_title": "P", "host": "h", "port": 1}
+
+
 @pytest.mark.parametrize(
     ("document", "key"),
     [
@@ -37,6 +40,18 @@ def test_default_configuration_listens_on_11112_and_writes_to_a_folder() -> None
         ({"node": {"ae_title": "BAD\\AET"}}, "node.ae_title"),
         ({"node": {"allowed_calling_ae_titles": ["OK", ""]}}, "node.allowed_calling_ae_titles[1]"),
         ({"node": {"prot": 11112}}, "node.prot"),
+        ({"node": {"allowed_peer_addresses": ["10.0.0.0/33"]}}, "node.allowed_peer_addresses[0]"),
+        ({"node": {"allowed_peer_addresses": ["::1", "10.1.2.3/8"]}}, "node.allowed_peer_addresses[1]"),
+        ({"node": {"allowed_peer_addresses": ["pacs.example.org"]}}, "node.allowed_peer_addresses[0]"),
+        ({"node": {"allowed_peer_addresses": "10.0.0.0/8"}}, "node.allowed_peer_addresses"),
+        ({"node": {"tls_certificate": "/nonexistent/node.crt"}}, "node.tls_certificate"),
+        ({"node": {"tls_ca_certificates": 3}}, "node.tls_ca_certificates"),
+        ({"destinations": [{**_PEER, "tls": "yes"}]}, "destinations[0].tls"),
+        ({"destinations": [{**_PEER, "tls_certificate": "/a.crt"}]}, "destinations[0].tls_certificate"),  # tls unset
+        ({"destinations": [{**_PEER, "tls": True, "tls_ca_certificates": "/nonexistent/ca.crt"}]},
+         "destinations[0].tls_ca_certificates"),
+        ({"destinations": [{**_PEER, "tls": True, "tls_server_name": 3}]}, "destinations[0].tls_server_name"),
+        ({"destinations": [{"type": "folder", "path": "/tmp/a", "tls": True}]}, "destinations[0].tls"),
         ({"storage": {"min_free_mb": -1}}, "storage.min_free_mb"),
         ({"assembly": {"require_original": "yes"}}, "assembly.require_original"),
         ({"encoding": {"uid_root": "1.2.3"}}, "encoding.uid_root"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 from pathlib import Path
@@ -14,11 +13,10 @@ import pytest
 
 from dicomnode.assembly import Assembler
 from dicomnode.jobs.worker import Worker
-from dicomnode.net.receiver import StoreReceiver
 from dicomnode.node import State
 from dicomnode.settings import Delivery, FolderDestination, Settings
-from dicomnode.status import Status
 from factories import PhantomSeries
+from receivers import store_series
 from inference import CTVolume, Findings, analyze
 from inference.types import AlgorithmFamily, LungVolumes
 
@@ -38,11 +36,7 @@ def settings_for(tmp_path: Path) -> Settings:
 
 
 def queued_job(state: State, settings: Settings, series: PhantomSeries) -> None:
-    receiver = StoreReceiver(state.spool, state.index, settings.storage.keep_sop_classes)
-    for ds in series.datasets():
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        assert receiver.store(buffer.getvalue(), ds, "TEST") == Status.SUCCESS
+    store_series(state.spool, state.index, series)
     assert Assembler(state.index, state.spool, state.queue, settings).run_once(now=1e12) == 1
 
 

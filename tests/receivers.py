@@ -1,0 +1,78 @@
+"""The node's receiver started in-process, for tests that talk to it over the network, and
+handed a series directly, for tests about what happens after the network.
+
+In-process (not ``dicomnode serve``) so that a test can look at the spool, the index and the
+server's live associations while the receiver serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import pydicom
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from conftest import free_port
+from dicomnode.db import Database
+from dicomnode.layout import StateLayout
+from dicomnode.net.receiver import StoreReceiver
+from dicomnode.net.scp import start_receiver
+from dicomnode.settings import NodeSettings, StorageSettings
+from dicomnode.spool import InstanceIndex, Spool
+from dicomnode.status import Status
+from factories import PhantomSeries
+
+
+@dataclasses.dataclass
+class RunningReceiver:
+    settings: NodeSettings
+    layout: StateLayout
+    spool: Spool
+    index: InstanceIndex
+
+    def indexed(self) -> int:
+        return self.index.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
+
+    def spool_files(self) -> list[Path]:
+        return self.spool.files()
+
+    def temporaries(self) -> list[Path]:
+        return list(self.layout.temp.iterdir())
+
+
+def start_in_process(
+    tmp_path: Path,
+    min_free_mb: int = 0,
+    allowed: tuple[str, ...] = (),
+    max_associations: int = 10,
+    network_timeout_seconds: float = NodeSettings.network_timeout_seconds,
+) -> tuple[RunningReceiver, ThreadedAssociationServer]:
+    """A receiver on a free loopback port with its state under ``tmp_path``; stop it with ``server.shutdown()``."""
+    settings = NodeSettings(
+        ae_title="TESTNODE",
+        bind_address="127.0.0.1",
+        port=free_port(),
+        allowed_calling_ae_titles=allowed,
+        max_associations=max_associations,
+        network_timeout_seconds=network_timeout_seconds,
+    )
+    layout = StateLayout(tmp_path / "state")
+    layout.create()
+    db = Database(layout.database)
+    spool = Spool(layout, min_free_mb * 2**20)
+    index = InstanceIndex(db)
+    server = start_receiver(settings, StoreReceiver(spool, index, StorageSettings().keep_sop_classes))
+    return RunningReceiver(settings, layout, spool, index), server
+
+
+def store_series(spool: Spool, index: InstanceIndex, series: PhantomSeries, calling_ae: str = "TEST") -> None:
+    """Hand every slice of ``series`` to the receiver as the C-STORE handler does (encoded file
+    bytes and the dataset), without a network in between; each must be stored."""
+    receiver = StoreReceiver(spool, index, StorageSettings().keep_sop_classes)
+    for dataset in series.datasets():
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        assert receiver.store(buffer.getvalue(), dataset, calling_ae) == Status.SUCCESS
