@@ -10,16 +10,16 @@ from __future__ import annotations
 import dataclasses
 import io
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
-from pynetdicom.transport import ThreadedAssociationServer
 
 from conftest import free_port
 from dicomnode.db import Database
 from dicomnode.layout import StateLayout
 from dicomnode.net.receiver import StoreReceiver
-from dicomnode.net.scp import start_receiver
+from dicomnode.net.scp import NodeServer, start_receiver
 from dicomnode.settings import NodeSettings, StorageSettings
 from dicomnode.spool import InstanceIndex, Spool
 from dicomnode.status import Status
@@ -43,23 +43,11 @@ class RunningReceiver:
         return list(self.layout.temp.iterdir())
 
 
-def start_in_process(
-    tmp_path: Path,
-    min_free_mb: int = 0,
-    allowed: tuple[str, ...] = (),
-    max_associations: int = 10,
-    network_timeout_seconds: float = NodeSettings.network_timeout_seconds,
-) -> tuple[RunningReceiver, ThreadedAssociationServer]:
-    """A receiver on a free loopback port with its state under ``tmp_path``; stop it with ``server.shutdown()``."""
-    settings = NodeSettings(
-        ae_title="TESTNODE",
-        bind_address="127.0.0.1",
-        port=free_port(),
-        allowed_calling_ae_titles=allowed,
-        max_associations=max_associations,
-        network_timeout_seconds=network_timeout_seconds,
-    )
-    layout = StateLayout(tmp_path / "state")
+def start_in_process(tmp_path: Path, min_free_mb: int = 0, **node: Any) -> tuple[RunningReceiver, NodeServer]:
+    """A receiver on a free loopback port, with ``node`` overriding NodeSettings fields, its state
+    in its own folder under ``tmp_path``; stop it with ``server.shutdown()``."""
+    settings = NodeSettings(**{"ae_title": "TESTNODE", "bind_address": "127.0.0.1", "port": free_port(), **node})
+    layout = StateLayout(tmp_path / f"state-{settings.port}")
     layout.create()
     db = Database(layout.database)
     spool = Spool(layout, min_free_mb * 2**20)

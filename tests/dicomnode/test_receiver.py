@@ -137,7 +137,7 @@ def test_below_the_free_space_floor_answers_out_of_resources(tmp_path: Path, pha
 
 
 def test_unknown_calling_ae_is_rejected_and_the_node_serves_on(tmp_path: Path, phantom_dir: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    running, server = _start(tmp_path, allowed=("SCANNER1",))
+    running, server = _start(tmp_path, allowed_calling_ae_titles=("SCANNER1",))
     try:
         with caplog.at_level(logging.WARNING):
             refused = storescu(phantom_dir, running.settings.ae_title, running.settings.port, calling="INTRUDER", check=False)

@@ -22,22 +22,15 @@ from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import MRImageStorage
 
 from conftest import free_port, require_tool
-from dicomnode.db import Database
-from dicomnode.layout import StateLayout
-from dicomnode.results import ResultObject
-from dicomnode.send import DestinationUnavailable, Outbox, Sender, backoff_seconds, copy_files, echo
+from dicomnode.send import DestinationUnavailable, backoff_seconds, copy_files, echo
 from dicomnode.settings import (
     DicomDestination,
     FolderDestination,
-    NodeSettings,
-    SenderSettings,
-    Settings,
 )
 from factories import PhantomSeries
+from senders import POLICY, T0, Node, as_results
 
 STORESCP = "/usr/bin/storescp"
-T0 = 1_000_000.0  # the test clock: enqueue time, rounds at T0 + n
-POLICY = SenderSettings(retry_initial_seconds=1.0, retry_max_seconds=4.0, max_refusals=2)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -138,38 +131,6 @@ def pynetdicom_scp() -> Iterator[Callable[..., list[Dataset]]]:
     yield start
     for server in servers:
         server.shutdown()
-
-
-class Node:
-    """The sending half of a node over a state directory: database, outbox, sender."""
-
-    def __init__(self, root: Path, *destinations: DicomDestination | FolderDestination, policy: SenderSettings = POLICY):
-        self.settings = Settings(
-            node=NodeSettings(ae_title="DICOMNODE", network_timeout_seconds=5.0),
-            sender=policy,
-            destinations=destinations,
-        )
-        self.layout = StateLayout(root)
-        self.layout.create()
-        self.database = Database(self.layout.database)
-        self.outbox = Outbox(self.database, self.layout, self.settings)
-        self.sender = Sender(self.outbox, self.settings)
-
-    def submit(self, job_id: int, datasets: list[Dataset]) -> list[Path]:
-        """What the worker does: store, then enqueue in the transaction that ends the job."""
-        files = self.outbox.store(job_id, as_results(datasets))
-        with self.database.transaction() as connection:
-            self.outbox.enqueue(connection, job_id, files, now=T0)
-        return [self.layout.outbox / file.path for file in files]
-
-    def rows(self) -> list[dict]:
-        return [dict(row) for row in self.database.query("SELECT * FROM outbox ORDER BY id")]
-
-
-def as_results(datasets: list[Dataset]) -> list[ResultObject]:
-    """Datasets as result objects (reports, to every destination: which destination wants which
-    kind of object is tested on its own)."""
-    return [ResultObject(dataset, "sr") for dataset in datasets]
 
 
 def dataset_bytes(path: Path) -> bytes:

@@ -21,27 +21,19 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from conftest import free_port, require_tool
-from dicomnode.db import Database
-from dicomnode.layout import StateLayout
-from dicomnode.net.receiver import StoreReceiver
-from dicomnode.net.scp import start_receiver
-from dicomnode.results import ResultObject
-from dicomnode.send import Outbox, Sender
+from conftest import require_tool
 from dicomnode.settings import (
     ConfigError,
     DicomDestination,
     NodeSettings,
-    Settings,
-    StorageSettings,
     TlsClient,
     settings_from_dict,
 )
-from dicomnode.spool import InstanceIndex, Spool
 from factories import PhantomSeries
 from figures import record_figures
 from peers import StoreSCP, echo_ok, storescu
-from receivers import RunningReceiver
+from receivers import RunningReceiver, start_in_process
+from senders import Node
 
 OPENSSL = "/usr/bin/openssl"
 NODE = "TLSNODE"
@@ -108,20 +100,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Callable[..., RunningReceiver]]:
-    """Start the node's receiver with the given NodeSettings fields; every one is shut down at the end.
-
-    (receivers.start_in_process takes a fixed set of settings, none of the access ones.)"""
+    """Start the node's receiver with the given NodeSettings fields; every one is shut down at the end."""
     servers = []
 
     def start(**node: object) -> RunningReceiver:
-        fields = {"ae_title": NODE, "bind_address": "127.0.0.1", "port": free_port(), **node}
-        settings = NodeSettings(**fields)  # type: ignore[arg-type]
-        layout = StateLayout(tmp_path / f"state-{settings.port}")
-        layout.create()
-        index = InstanceIndex(Database(layout.database))
-        spool = Spool(layout, 0)
-        servers.append(start_receiver(settings, StoreReceiver(spool, index, StorageSettings().keep_sop_classes)))
-        return RunningReceiver(settings, layout, spool, index)
+        running, server = start_in_process(tmp_path, ae_title=NODE, **node)
+        servers.append(server)
+        return running
 
     yield start
     for server in servers:
@@ -232,17 +217,11 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_the_ca(
 
 def deliver_once(root: Path, destination: DicomDestination, datasets: list[Dataset]) -> list[dict]:
     """One round of the node's sender over a fresh outbox holding ``datasets``: the outbox rows after it."""
-    settings = Settings(node=NodeSettings(ae_title=NODE, network_timeout_seconds=10.0), destinations=(destination,))
-    layout = StateLayout(root)
-    layout.create()
-    database = Database(layout.database)
-    outbox = Outbox(database, layout, settings)
-    files = outbox.store(1, [ResultObject(dataset, "sr") for dataset in datasets])
-    with database.transaction() as connection:
-        outbox.enqueue(connection, 1, files)
-    Sender(outbox, settings).run_once()
-    rows = [dict(row) for row in database.query("SELECT * FROM outbox ORDER BY id")]
-    database.close()
+    node = Node(root, destination)
+    node.submit(1, datasets)
+    node.sender.run_once()
+    rows = node.rows()
+    node.database.close()
     return rows
 
 
