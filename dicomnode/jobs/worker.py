@@ -11,7 +11,6 @@ a bounded number of times, then the job is failed with its error. Either way the
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from typing import Any
@@ -60,16 +59,13 @@ class Worker:
             summary = self._process(job)
         except (VolumeError, EncodingError) as error:
             self._fail(job, f"{type(error).__name__}: {error}", retry=False)
-        except (OSError, sqlite3.OperationalError) as error:
+        except Exception as error:
             full = out_of_space(error)
-            if full is None:
+            if full is not None:
+                self._postpone(job, f"out of space: {full}")
+            else:
                 logger.exception("job %d (series %s) raised", job.id, job.series_uid)
                 self._fail(job, f"{type(error).__name__}: {error}", retry=True)
-            else:
-                self._postpone(job, f"out of space: {full}")
-        except Exception as error:
-            logger.exception("job %d (series %s) raised", job.id, job.series_uid)
-            self._fail(job, f"{type(error).__name__}: {error}", retry=True)
         else:
             logger.info(
                 "job %d done in %.1f s: series %s, %s", job.id, time.monotonic() - started, job.series_uid, summary
