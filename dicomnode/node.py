@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from dicomnode.assembly import Assembler
 from dicomnode.db import Database
+from dicomnode.doorbell import Doorbell
 from dicomnode.jobs import JobQueue
 from dicomnode.jobs.worker import Worker
 from dicomnode.layout import StateLayout
@@ -65,6 +66,7 @@ class Node:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server = None
+        self._doorbells: list[Doorbell] = []
 
     def recover(self) -> None:
         """Carry on after a crash: drop temp files, re-index orphans, resume interrupted jobs."""
@@ -78,15 +80,17 @@ class Node:
     def start(self) -> None:
         self.recover()
         state, settings = self.state, self.settings
+        queued, delivered = Doorbell(self._stop), Doorbell(self._stop)
+        self._doorbells = [queued, delivered]
+        assembler = Assembler(state.index, state.spool, state.queue, settings)
+        worker = Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, self.analyze)
         stages = {
-            "assembler": Assembler(state.index, state.spool, state.queue, settings).run_forever,
-            "worker": Worker(
-                state.db, state.queue, state.index, state.spool, state.outbox, settings, self.analyze
-            ).run_forever,
-            "sender": Sender(state.outbox, settings).run_forever,
+            "assembler": (assembler.run_forever, {"submitted": queued}),
+            "worker": (worker.run_forever, {"queued": queued, "delivered": delivered}),
+            "sender": (Sender(state.outbox, settings).run_forever, {"ready": delivered}),
         }
-        for name, loop in stages.items():
-            thread = threading.Thread(target=loop, args=(self._stop,), name=name, daemon=True)
+        for name, (loop, doorbells) in stages.items():
+            thread = threading.Thread(target=loop, args=(self._stop,), kwargs=doorbells, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         receiver = StoreReceiver(state.spool, state.index, settings.storage.keep_sop_classes)
@@ -99,6 +103,8 @@ class Node:
         if self._server is not None:
             self._server.shutdown()
         self._stop.set()
+        for doorbell in self._doorbells:
+            doorbell.ring()
         for thread in self._threads:
             thread.join(timeout=60)
         self.state.db.close()

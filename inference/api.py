@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from inference.assess import not_assessable_reason
 from inference.classifier_input import ClassifierInput, cam_slices, classifier_input, pad_slices
@@ -41,7 +42,7 @@ from inference.models.decovnet import COVID, DeCoVNet
 from inference.models.unet import UNet
 from inference.multilevel_cam import level_cams_on_original
 from inference.options import AnalysisOptions
-from inference.resampling import to_original
+from inference.resampling import map_to_uint8, to_original
 from inference.types import (
     AlgorithmFamily,
     Classification,
@@ -64,7 +65,9 @@ class Analyzer:
         self.options = options or AnalysisOptions()
         self.device = choose_device(self.options.device, self.options.threads)
         folder = self.options.weights_dir
-        self.unet = load_weights(UNet(), folder, LUNG_UNET).to(self.device)
+        # channels_last: the 2-D convolutions run about a third faster on the CPU (outputs differ
+        # by about 1e-6, no mask voxel changed on the shared scans).
+        self.unet = load_weights(UNet(), folder, LUNG_UNET).to(self.device, memory_format=torch.channels_last)
         spec = classifier_spec(self.options.classifier)
         self.classifier = load_weights(spec.build(), folder, spec.weights).to(self.device)
         self.decovnet = self.classifier if isinstance(self.classifier, DeCoVNet) else None
@@ -120,7 +123,7 @@ class Analyzer:
             classification=classification,
             lesions=lesions,
             lesion_labels=lesion_labels,
-            cam=np.round(np.clip(cam_original, 0.0, 1.0) * 255.0).astype(np.uint8),
+            cam=map_to_uint8(cam_original),
         )
 
     def multilevel_cams(self, volume: CTVolume, lung_labels: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -165,25 +168,28 @@ def _lesions_on_original(
     mapped = to_original(volume, prepared.grid, found.labels, labels=True)
     mapped[~lungs] = 0
     grid = VoxelGrid.of(volume)
-    index = np.arange(1, len(found.candidates) + 1)
-    counts = np.bincount(mapped.ravel(), minlength=len(index) + 1)
     labels = np.zeros(mapped.shape, dtype=np.uint16)
+    # Each candidate is measured inside its own bounding box: comparing the whole volume once
+    # per candidate cost seconds on a 512x512x255 scan.
+    boxes = ndi.find_objects(mapped, max_label=len(found.candidates))
     lesions = []
     for candidate in found.candidates:
-        if counts[candidate.label] == 0:
+        box = boxes[candidate.label - 1]
+        if box is None:  # vanished outside the finer lung outline
             continue
         new = len(lesions) + 1
-        voxels = mapped == candidate.label
-        labels[voxels] = new
-        centre_index = np.array(np.nonzero(voxels), dtype=float).mean(axis=1)
+        voxels = mapped[box] == candidate.label
+        labels[box][voxels] = new
+        corner = np.array([s.start for s in box], dtype=float)
+        centre_index = np.array(np.nonzero(voxels), dtype=float).mean(axis=1) + corner
         centre = grid.origin + centre_index @ grid.steps
         lesions.append(
             Lesion(
                 label=new,
                 score=round(candidate.score, 4),
-                volume_ml=float(counts[candidate.label]) * volume.voxel_volume_ml,
+                volume_ml=float(np.count_nonzero(voxels)) * volume.voxel_volume_ml,
                 centre_mm=tuple(float(c) for c in centre),  # type: ignore[arg-type]
-                mean_hu=float(volume.hu[voxels].mean()),
+                mean_hu=float(volume.hu[box][voxels].mean()),
                 primary=candidate.primary,
             )
         )

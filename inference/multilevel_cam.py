@@ -33,7 +33,7 @@ import torch
 from inference.classifier_input import ClassifierInput, classifier_input, pad_slices
 from inference.localize import upsample_cam
 from inference.models.decovnet import COVID, DeCoVNet
-from inference.resampling import to_original
+from inference.resampling import map_to_uint8, to_original
 from inference.types import CTVolume
 
 LEVELS = {"low": "low (stem)", "mid": "mid (block 1)", "high": "high (block 2)"}
@@ -89,7 +89,7 @@ def level_cams_on_original(
     if prepared is None:
         return None
     return {
-        name: np.round(np.clip(to_original(volume, prepared.grid, cam), 0.0, 1.0) * 255.0).astype(np.uint8)
+        name: map_to_uint8(to_original(volume, prepared.grid, cam))
         for name, cam in level_cams(model, prepared, device).items()
     }
 

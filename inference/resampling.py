@@ -106,7 +106,8 @@ def sample(volume: CTVolume, grid: SampleGrid, array: np.ndarray | None = None, 
         interpolator, default = sitk.sitkNearestNeighbor, 0.0
     else:
         interpolator, default = sitk.sitkLinear, OUTSIDE_HU if array is None else 0.0
-        source = sitk.Cast(source, sitk.sitkFloat32)
+        if source.GetPixelID() != sitk.sitkFloat32:  # a cast of a float32 image is a copy of the volume
+            source = sitk.Cast(source, sitk.sitkFloat32)
     out = sitk.Resample(source, grid.reference(), sitk.Transform(), interpolator, default)
     return sitk.GetArrayFromImage(out)
 
@@ -114,14 +115,62 @@ def sample(volume: CTVolume, grid: SampleGrid, array: np.ndarray | None = None, 
 def to_original(volume: CTVolume, grid: SampleGrid, array: np.ndarray, *, labels: bool = False) -> np.ndarray:
     """``array`` on ``grid`` mapped back onto the original slices (shape of ``volume.hu``).
 
-    Nearest neighbour for labels, linear otherwise; 0 outside the grid.
+    Nearest neighbour for labels, linear otherwise; 0 outside the grid. Only the original
+    voxels near ``array``'s nonzero part are resampled (elsewhere the result is 0 either way):
+    lungs and lesions fill a fraction of the field of view, and every full-resolution
+    resampling of a 512x512x255 scan costs the better part of a second.
     """
     source = grid.image(array if labels else array.astype(np.float32))
-    empty = sitk.Image([int(n) for n in volume.hu.shape[::-1]], sitk.sitkUInt8)
-    reference = with_geometry(empty, volume.spacing, volume.origin, volume.direction)
+    box = _original_box(volume, grid, array)
+    if box is None:
+        return np.zeros(volume.hu.shape, dtype=sitk.GetArrayViewFromImage(source).dtype)
+    corner = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    origin = np.asarray(volume.origin, dtype=float) + direction @ (corner * np.asarray(volume.spacing, dtype=float))
+    empty = sitk.Image([b.stop - b.start for b in box[::-1]], sitk.sitkUInt8)
+    reference = with_geometry(empty, volume.spacing, origin, volume.direction)
     interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    out = sitk.Resample(source, reference, sitk.Transform(), interpolator, 0.0)
-    return sitk.GetArrayFromImage(out)
+    part = sitk.GetArrayFromImage(sitk.Resample(source, reference, sitk.Transform(), interpolator, 0.0))
+    out = np.zeros(volume.hu.shape, dtype=part.dtype)
+    out[box] = part
+    return out
+
+
+#: Grid voxels kept around the nonzero part of a map resampled to the original slices: linear
+#: interpolation reaches one voxel, nearest neighbour half of one.
+_MARGIN_VOXELS = 2
+
+
+def _original_box(volume: CTVolume, grid: SampleGrid, array: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The (z, y, x) index box of the original volume that can receive a nonzero value of
+    ``array`` (shape ``grid.shape``) by resampling; None when ``array`` is all zero."""
+    nonzero = [np.flatnonzero(np.any(array, axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
+    if any(len(hits) == 0 for hits in nonzero):
+        return None
+    low = np.array([hits[0] for hits in nonzero][::-1], dtype=float) - _MARGIN_VOXELS  # x, y, z
+    high = np.array([hits[-1] for hits in nonzero][::-1], dtype=float) + _MARGIN_VOXELS
+    corners = np.array([[(low, high)[bit][axis] for axis, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    grid_direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
+    points = np.asarray(grid.origin, dtype=float) + (corners * np.asarray(grid.spacing, dtype=float)) @ grid_direction.T
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    index = np.linalg.solve(direction, (points - np.asarray(volume.origin, dtype=float)).T).T / np.asarray(volume.spacing)
+    size = np.array(volume.hu.shape[::-1])
+    start = np.clip(np.floor(index.min(axis=0)).astype(int), 0, size)
+    stop = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, 0, size)
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(start[axis]), int(stop[axis])) for axis in (2, 1, 0))  # type: ignore[return-value]
+
+
+def map_to_uint8(values: np.ndarray) -> np.ndarray:
+    """A 0..1 map (float32) as 0..255, rounded; ``values`` is overwritten on the way.
+
+    In place because a map on the original slices is the volume's size: the temporaries of
+    the plain expression cost about a second per series.
+    """
+    np.clip(values, 0.0, 1.0, out=values)
+    values *= np.float32(255.0)
+    return np.rint(values, out=values).astype(np.uint8)
 
 
 def window(hu: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import threading
 import time
 
 from dicomnode.assembly.rules import first_failure
+from dicomnode.doorbell import Doorbell
 from dicomnode.jobs.queue import JobQueue
 from dicomnode.settings import Settings
 from dicomnode.spool import InstanceIndex, Spool
@@ -49,10 +50,30 @@ class Assembler:
             logger.info("retention over for series %s: removed %d spool files", series_uid, removed)
         return submitted
 
-    def run_forever(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
+    def run_forever(self, stop: threading.Event, poll_seconds: float = 1.0, submitted: Doorbell | None = None) -> None:
+        """Run rounds until ``stop``; ring ``submitted`` (the worker's doorbell) when a round queued a job.
+
+        Between rounds it waits until the earliest pending series can turn quiet (at most
+        ``poll_seconds``): a series is then submitted when its quiet period ends, not up to a
+        poll interval later.
+        """
         while not stop.is_set():
             try:
-                self.run_once()
+                if self.run_once() and submitted is not None:
+                    submitted.ring()
+                wait = self._seconds_until_next_quiet(poll_seconds)
             except Exception:
                 logger.exception("assembler round failed; retrying")
-            stop.wait(poll_seconds)
+                wait = poll_seconds
+            stop.wait(wait)
+
+    def _seconds_until_next_quiet(self, longest: float) -> float:
+        earliest = self.index.earliest_pending_arrival()
+        if earliest is None:
+            return longest
+        due = earliest + self.settings.assembly.quiet_seconds - time.time()
+        return min(longest, max(_SHORTEST_WAIT_SECONDS, due))
+
+
+#: The assembler never queries the index more often than this.
+_SHORTEST_WAIT_SECONDS = 0.05

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from dicomnode.db import Database
+from dicomnode.doorbell import Doorbell
 from dicomnode.encode import EncodingError
 from dicomnode.fileio import out_of_space
 from dicomnode.jobs.queue import Job, JobQueue
@@ -104,7 +105,16 @@ class Worker:
         else:
             logger.warning("job %d (series %s) attempt %d failed, will retry: %s", job.id, job.series_uid, job.attempts, error)
 
-    def run_forever(self, stop: threading.Event, poll_seconds: float = 0.5) -> None:
+    def run_forever(
+        self,
+        stop: threading.Event,
+        poll_seconds: float = 0.5,
+        queued: Doorbell | None = None,
+        delivered: Doorbell | None = None,
+    ) -> None:
+        """Run jobs until ``stop``: wait on ``queued`` (rung by the assembler) when there is none,
+        ring ``delivered`` (the sender's doorbell) when a job put results in the outbox."""
+        wait = queued.wait if queued is not None else stop.wait
         while not stop.is_set():
             try:
                 job = self.run_once()
@@ -112,4 +122,6 @@ class Worker:
                 logger.exception("worker round failed; retrying")
                 job = None
             if job is None:
-                stop.wait(poll_seconds)
+                wait(poll_seconds)
+            elif delivered is not None:
+                delivered.ring()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from dicomnode.doorbell import Doorbell
 from dicomnode.send.folder import copy_files
 from dicomnode.send.outbox import Outbox, OutboxItem
 from dicomnode.send.outcome import DestinationUnavailable, OutcomeCallback, SendOutcome
@@ -53,8 +54,10 @@ class Sender:
                 logger.exception("unexpected error while sending to %s", name)
         return sent
 
-    def run_forever(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
-        """Run rounds until ``stop`` is set; removes finished jobs' files left by a crash first."""
+    def run_forever(self, stop: threading.Event, poll_seconds: float = 1.0, ready: Doorbell | None = None) -> None:
+        """Run rounds until ``stop`` is set, each after ``poll_seconds`` or when ``ready`` is rung
+        (by the worker, with new results); removes finished jobs' files left by a crash first."""
+        wait = ready.wait if ready is not None else stop.wait
         try:
             self.outbox.cleanup()
         except OSError:
@@ -64,7 +67,7 @@ class Sender:
                 self.run_once()
             except Exception:
                 logger.exception("sender round failed; trying again in %.1f s", poll_seconds)
-            stop.wait(poll_seconds)
+            wait(poll_seconds)
 
     def _deliver(self, destination: Destination, items: Sequence[OutboxItem], clock: Callable[[], float]) -> int:
         """Send one destination's due items over one association (or one folder pass)."""

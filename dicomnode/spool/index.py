@@ -86,6 +86,11 @@ class InstanceIndex:
         )
         return [QuietSeries(row["series_uid"], row["study_uid"], row["last_received_at"]) for row in rows]
 
+    def earliest_pending_arrival(self) -> float | None:
+        """When the longest-waiting series with news received its last instance (None: no news)."""
+        rows = self.db.query("SELECT MIN(last_received_at) AS earliest FROM series WHERE pending = 1")
+        return None if not rows or rows[0]["earliest"] is None else float(rows[0]["earliest"])
+
     def instances(self, series_uid: str) -> list[IndexedInstance]:
         rows = self.db.query("SELECT header, path FROM instances WHERE series_uid = ?", (series_uid,))
         return [IndexedInstance(InstanceHeader.from_json(row["header"]), Path(row["path"])) for row in rows]

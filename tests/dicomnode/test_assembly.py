@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import threading
 from pathlib import Path
 
 import pydicom
@@ -12,6 +13,7 @@ import pytest
 
 from dicomnode.assembly import Assembler
 from dicomnode.db import Database
+from dicomnode.doorbell import Doorbell
 from dicomnode.jobs import JobQueue
 from dicomnode.layout import StateLayout
 from dicomnode.net.receiver import StoreReceiver
@@ -161,3 +163,46 @@ def test_orphan_spool_files_are_reindexed(pipeline: Pipeline) -> None:
     index = pipeline.assembler.index
     assert index.reindex_orphans(pipeline.spool, pipeline.clock.now) == 40
     assert index.reindex_orphans(pipeline.spool, pipeline.clock.now) == 0
+
+
+def test_the_assembler_submits_when_the_quiet_period_ends_and_rings_the_worker(tmp_path: Path) -> None:
+    """Not a poll interval later: it waits until the earliest pending series can be quiet."""
+    settings = Settings()
+    settings = dataclasses.replace(
+        settings,
+        assembly=dataclasses.replace(settings.assembly, quiet_seconds=0.5),
+        storage=dataclasses.replace(settings.storage, state_dir=tmp_path),
+    )
+    layout = StateLayout(tmp_path)
+    layout.create()
+    db = Database(layout.database)
+    spool, index, queue = Spool(layout, 0), InstanceIndex(db), JobQueue(db)
+    receiver = StoreReceiver(spool, index, settings.storage.keep_sop_classes)
+    for ds in PhantomSeries().datasets():
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        assert receiver.store(buffer.getvalue(), ds, "TEST") == Status.SUCCESS
+    assert index.earliest_pending_arrival() is not None
+    stop = threading.Event()
+    queued = Doorbell(stop)
+    assembler = threading.Thread(target=Assembler(index, spool, queue, settings).run_forever, args=(stop, 600.0, queued))
+    assembler.start()  # its first round comes before the quiet period ends
+    try:
+        assert queued.wait(60), "the worker's doorbell never rang (the assembler slept its 600 s poll)"
+        assert [row["state"] for row in db.query("SELECT state FROM jobs")] == ["pending"]
+        assert index.earliest_pending_arrival() is None
+    finally:
+        stop.set()
+        assembler.join(timeout=10)
+    assert not assembler.is_alive()
+
+
+def test_a_doorbell_ends_a_wait_when_rung_and_not_after_the_stop() -> None:
+    stop = threading.Event()
+    bell = Doorbell(stop)
+    assert bell.wait(0.01) is False
+    bell.ring()
+    assert bell.wait(60) is True
+    assert bell.wait(0.01) is False  # one ring, one wake-up
+    stop.set()
+    assert bell.wait(60) is False  # returns at once: the node is stopping

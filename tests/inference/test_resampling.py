@@ -8,7 +8,7 @@ import pytest
 from inference.classifier_input import SLICE_MM, classifier_input
 from inference.metrics import dice
 from inference.grid import bounding_box
-from inference.resampling import box_grid, sample, to_original, whole_grid, window
+from inference.resampling import box_grid, map_to_uint8, sample, to_original, whole_grid, window
 from inference.types import CTVolume
 
 
@@ -76,3 +76,38 @@ def test_geometry_follows_a_reversed_slice_direction() -> None:
     grid = whole_grid(volume, 1.0, 2.0, 16)
     back = to_original(volume, grid, sample(volume, grid, mask.astype(np.uint8), labels=True), labels=True)
     np.testing.assert_array_equal(back > 0, mask)
+
+
+def test_mapping_back_only_near_the_map_gives_what_resampling_every_voxel_gives(phantom) -> None:
+    """to_original resamples the original voxels near the map's nonzero part only; the voxels
+    it leaves out must be the ones a resampling of the whole volume sets to 0."""
+    import SimpleITK as sitk
+
+    from inference.io import with_geometry
+
+    volume = phantom.volume
+    grid = whole_grid(volume, 2.0, 2.5, 16)
+    lungs = sample(volume, grid, (phantom.right | phantom.left).astype(np.float32))
+    labels = (sample(volume, grid, (phantom.right * 1 + phantom.left * 2).astype(np.uint8), labels=True)).astype(np.uint8)
+    corner = np.zeros(lungs.shape, dtype=np.float32)
+    corner[:2, :2, :2] = 1.0  # a map touching the grid's edge
+    reference = with_geometry(
+        sitk.Image([int(n) for n in volume.hu.shape[::-1]], sitk.sitkUInt8), volume.spacing, volume.origin, volume.direction
+    )
+    for array, is_labels in ((lungs, False), (labels, True), (corner, False)):
+        interpolator = sitk.sitkNearestNeighbor if is_labels else sitk.sitkLinear
+        everywhere = sitk.GetArrayFromImage(sitk.Resample(grid.image(array), reference, sitk.Transform(), interpolator, 0.0))
+        near = to_original(volume, grid, array, labels=is_labels)
+        assert near.dtype == everywhere.dtype and everywhere.any()
+        if is_labels:
+            # The cropped reference's origin is rounded differently: a voxel exactly halfway
+            # between two grid voxels (this phantom's grids have such planes) may take the other.
+            assert np.count_nonzero(near != everywhere) <= 1e-4 * near.size
+        else:
+            np.testing.assert_allclose(near, everywhere, atol=1e-6)
+    assert not to_original(volume, grid, np.zeros_like(lungs)).any()
+
+
+def test_maps_become_rounded_eight_bit_values() -> None:
+    values = np.array([-0.5, 0.0, 0.5 / 255, 0.5, 1.0, 3.0], dtype=np.float32)
+    assert map_to_uint8(values.copy()).tolist() == [0, 0, 0, 128, 255, 255]
