@@ -24,7 +24,7 @@ from dicomnode.volume import SeriesVolume, build_volume
 from factories import PhantomSeries
 from findings_factories import assessed_findings, findings_for, lung_mask, save, split_labels
 from inference.types import AlgorithmFamily, Findings, Lesion, LungLabel, LungVolumes
-from peers import dciodvfy_errors
+from peers import DCIODVFY, dciodvfy_errors
 
 RIGHT_LUNG, LEFT_LUNG, LUNG = "3341006", "44029006", "39607008"
 SETTINGS = Settings()
@@ -52,7 +52,7 @@ def written(phantom_series: SeriesVolume, separated: Findings, tmp_path_factory:
 
 def dciodvfy(path: Path) -> str:
     """dciodvfy's report on a file; the test fails on any line starting with Error."""
-    tool = require_tool("/usr/bin/dciodvfy")
+    tool = require_tool(DCIODVFY)
     result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     errors = [line for line in output.splitlines() if line.startswith("Error")]
