@@ -36,11 +36,17 @@ import pydicom  # noqa: E402
 
 from conftest import free_port  # noqa: E402
 from factories import PhantomSeries  # noqa: E402  (the tests' synthetic series factory)
-from peers import NODE_READY_TIMEOUT, Process, StoreSCP, echo_ok, wait_until  # noqa: E402
-
-STORESCU = "/usr/bin/storescu"
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+from peers import (  # noqa: E402
+    COMPREHENSIVE_3D_SR,
+    LABEL_MAP_SEG,
+    NODE_READY_TIMEOUT,
+    SEG,
+    STORESCU,
+    Process,
+    StoreSCP,
+    echo_ok,
+    wait_until,
+)
 
 
 def send(files_dir: Path, aet: str, port: int, storescu_options: Sequence[str] = ()) -> float:
@@ -110,14 +116,16 @@ def throughput(folders: Sequence[Path], work: Path) -> dict[str, float]:
 
 
 def result_kinds(directory: Path) -> set[str]:
-    """Which of SEG and SR have arrived in ``directory``."""
+    """Which of SEG and SR have arrived in ``directory`` (only each file's SOP class is read: the
+    SEG is tens of MB, and :func:`peers.results_by_series` reading it whole every 50 ms would
+    load the machine being measured)."""
     kinds = set()
     for path in directory.iterdir():
         try:
             sop_class = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
         except Exception:  # still being written by storescp
             continue
-        kinds |= {"SEG"} if sop_class == SEG_STORAGE else {"SR"} if sop_class == COMPREHENSIVE_3D_SR else set()
+        kinds |= {"SEG"} if sop_class in (SEG, LABEL_MAP_SEG) else {"SR"} if sop_class == COMPREHENSIVE_3D_SR else set()
     return kinds
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from inference.grid import VoxelGrid
+from inference.grid import VoxelGrid, bounding_box
 from inference.io import volume_to_image, with_geometry
 from inference.types import CTVolume
 
@@ -124,11 +124,8 @@ def to_original(volume: CTVolume, grid: SampleGrid, array: np.ndarray, *, labels
     box = _original_box(volume, grid, array)
     if box is None:
         return np.zeros(volume.hu.shape, dtype=sitk.GetArrayViewFromImage(source).dtype)
-    corner = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
-    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
-    origin = np.asarray(volume.origin, dtype=float) + direction @ (corner * np.asarray(volume.spacing, dtype=float))
     empty = sitk.Image([b.stop - b.start for b in box[::-1]], sitk.sitkUInt8)
-    reference = with_geometry(empty, volume.spacing, origin, volume.direction)
+    reference = with_geometry(empty, volume.spacing, VoxelGrid.of(volume).cropped(box).origin, volume.direction)
     interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
     part = sitk.GetArrayFromImage(sitk.Resample(source, reference, sitk.Transform(), interpolator, 0.0))
     out = np.zeros(volume.hu.shape, dtype=part.dtype)
@@ -137,29 +134,30 @@ def to_original(volume: CTVolume, grid: SampleGrid, array: np.ndarray, *, labels
 
 
 #: Grid voxels kept around the nonzero part of a map resampled to the original slices: linear
-#: interpolation reaches one voxel, nearest neighbour half of one.
+#: interpolation reaches one voxel, nearest neighbour half of one. Not clipped to the grid: the
+#: grid's outer half voxel still interpolates its edge voxels.
 _MARGIN_VOXELS = 2
 
 
-def _original_box(volume: CTVolume, grid: SampleGrid, array: np.ndarray) -> tuple[slice, slice, slice] | None:
+def _original_box(volume: CTVolume, grid: SampleGrid, array: np.ndarray) -> tuple[slice, ...] | None:
     """The (z, y, x) index box of the original volume that can receive a nonzero value of
     ``array`` (shape ``grid.shape``) by resampling; None when ``array`` is all zero."""
-    nonzero = [np.flatnonzero(np.any(array, axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
-    if any(len(hits) == 0 for hits in nonzero):
+    nonzero = bounding_box(array)
+    if nonzero is None:
         return None
-    low = np.array([hits[0] for hits in nonzero][::-1], dtype=float) - _MARGIN_VOXELS  # x, y, z
-    high = np.array([hits[-1] for hits in nonzero][::-1], dtype=float) + _MARGIN_VOXELS
-    corners = np.array([[(low, high)[bit][axis] for axis, bit in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
-    grid_direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
-    points = np.asarray(grid.origin, dtype=float) + (corners * np.asarray(grid.spacing, dtype=float)) @ grid_direction.T
-    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
-    index = np.linalg.solve(direction, (points - np.asarray(volume.origin, dtype=float)).T).T / np.asarray(volume.spacing)
-    size = np.array(volume.hu.shape[::-1])
+    low = np.array([s.start for s in nonzero], dtype=float) - _MARGIN_VOXELS
+    high = np.array([s.stop - 1 for s in nonzero], dtype=float) + _MARGIN_VOXELS
+    corners = np.array([np.where(bits, high, low) for bits in np.ndindex(2, 2, 2)])
+    on_grid = grid.voxel_grid
+    original = VoxelGrid.of(volume)
+    points = on_grid.origin + corners @ on_grid.steps
+    index = np.linalg.solve(original.steps.T, (points - original.origin).T).T
+    size = np.array(volume.hu.shape)
     start = np.clip(np.floor(index.min(axis=0)).astype(int), 0, size)
     stop = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, 0, size)
     if np.any(stop <= start):
         return None
-    return tuple(slice(int(start[axis]), int(stop[axis])) for axis in (2, 1, 0))  # type: ignore[return-value]
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
 
 
 def map_to_uint8(values: np.ndarray) -> np.ndarray:
