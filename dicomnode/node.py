@@ -15,6 +15,7 @@ from dicomnode.assembly import Assembler
 from dicomnode.db import Database
 from dicomnode.doorbell import Doorbell
 from dicomnode.jobs import JobQueue
+from dicomnode.jobs.prefetch import Prefetcher
 from dicomnode.jobs.worker import Worker
 from dicomnode.layout import StateLayout
 from dicomnode.net.receiver import StoreReceiver
@@ -83,7 +84,8 @@ class Node:
         queued, delivered = Doorbell(self._stop), Doorbell(self._stop)
         self._doorbells = [queued, delivered]
         assembler = Assembler(state.index, state.spool, state.queue, settings)
-        worker = Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, self.analyze)
+        prefetcher = Prefetcher(state.index, state.spool)
+        worker = Worker(state.db, state.queue, state.index, state.spool, state.outbox, settings, self.analyze, prefetcher)
         stages = {
             "assembler": (assembler.run_forever, {"submitted": queued}),
             "worker": (worker.run_forever, {"queued": queued, "delivered": delivered}),

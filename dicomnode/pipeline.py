@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 from dicomnode.encode import encode_for_destinations
 from dicomnode.results import ResultObject
 from dicomnode.settings import Settings
-from dicomnode.volume import build_volume
+from dicomnode.volume import DecodedSlice, build_volume
 from inference import CTVolume, Findings
 
 Analyze = Callable[[CTVolume], Findings]
@@ -94,12 +94,15 @@ def describe_summary(summary: dict[str, Any] | None) -> str:
     return line
 
 
-def analyse_series(paths: Sequence[Path], settings: Settings, analyze: Analyze) -> SeriesResult:
+def analyse_series(
+    paths: Sequence[Path], settings: Settings, analyze: Analyze, decoded: Mapping[Path, DecodedSlice] | None = None
+) -> SeriesResult:
     """Files of one series -> volume -> findings -> what the destinations want: SEG + SR (the SR
     alone for a scan without lungs, which the analysis reports as not assessable), key images.
+    ``decoded``: files already read ahead (:mod:`dicomnode.jobs.prefetch`).
 
     Raises ``VolumeError`` or ``EncodingError`` for input that can never be analysed.
     """
-    series = build_volume(paths)
+    series = build_volume(paths, decoded)
     findings = analyze(series.volume)
     return SeriesResult(objects=encode_for_destinations(series, findings, settings), summary=summarize(findings))

@@ -8,21 +8,31 @@ different matrix or pixel spacing, missing slices, uneven spacing, a sheared sta
 :class:`VolumeError` that says where, rather than a silently wrong volume.
 
 Memory: headers are read first (without pixel data) to sort and check the series; then each
-file is decoded, one at a time, straight into a preallocated float32 array, so building a
-volume needs little more than the volume itself.
+file is decoded straight into its place of a preallocated float32 array, a few at a time, so
+building a volume needs little more than the volume itself.
+
+Decoding: GDCM (through SimpleITK, already the project's volume library) decodes compressed
+pixel data 1.6x faster than pydicom's plugins and releases the GIL, so :data:`DECODE_THREADS`
+slices decode at once (RICORD, 255 JPEG-lossless slices: 3.4 s with pydicom, 1.1 s with GDCM
+on 2 threads). pydicom decodes uncompressed data, what GDCM cannot, and any slice whose rescale
+is not an integer offset (GDCM hands back rescaled values; only an integer offset gives the
+stored values back exactly): its error message is the one a damaged file gets.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
+import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from dicomnode.geometry import find_gaps, positions_along_normal, slice_normal
@@ -45,6 +55,9 @@ _GAP_TOLERANCE = 0.2  # a gap may differ from the median spacing by this fractio
 _GRID_TOLERANCE = 0.1  # a slice may lie this fraction of the spacing off the regular grid
 _IN_PLANE_SHIFT_TOLERANCE = 0.1  # in-plane shift between slices, as a fraction of a pixel
 _MISSING_SLICE_FACTOR = 1.5  # a gap this many median spacings long is (at least) a missing slice
+
+#: Slices decoded at once (GDCM releases the GIL while it decodes).
+DECODE_THREADS = min(4, os.cpu_count() or 1)
 
 _REQUIRED = ("Rows", "Columns", "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient")
 
@@ -92,21 +105,44 @@ class _Slice:
     position_mm: float  # along the slice normal
 
 
-def build_volume(paths: Sequence[Path]) -> SeriesVolume:
+@dataclass(frozen=True)
+class DecodedSlice:
+    """One file read ahead of its volume (:func:`read_slice`): its checked header and its HU plane."""
+
+    header: Dataset
+    hu: np.ndarray
+
+
+def read_slice(path: Path) -> DecodedSlice:
+    """Read and decode one file as :func:`build_volume` does, for reading a series ahead while
+    it is still arriving (:mod:`dicomnode.jobs.prefetch`). Raises :class:`VolumeError`."""
+    header = _read_header(path)
+    rows, columns = _number(header, "Rows", 0, int), _number(header, "Columns", 0, int)
+    hu = np.empty((rows, columns), dtype=np.float32)
+    _stored_to_hu(_decode_pixels(path, header, (rows, columns)), header, out=hu)
+    return DecodedSlice(header, hu)
+
+
+def build_volume(paths: Sequence[Path], decoded: Mapping[Path, DecodedSlice] | None = None) -> SeriesVolume:
     """Read, check, sort and decode the files of one single-frame CT series.
 
+    ``decoded`` holds files already read by :func:`read_slice`, by path: their headers and
+    planes are taken from there (the caller vouches that the files have not changed since).
     Raises :class:`VolumeError` for anything that would give a wrong or partial volume.
     """
     if not paths:
         raise VolumeError("no files to build a volume from")
-    headers = [(Path(path), _read_header(Path(path))) for path in paths]
+    decoded = decoded or {}
+    headers = [
+        (Path(path), decoded[Path(path)].header if Path(path) in decoded else _read_header(Path(path))) for path in paths
+    ]
     grid = _common_grid(headers)
     slices = _drop_duplicates(_sort_along_normal(headers, grid))
     if len(slices) < 2:
         raise VolumeError(f"a volume needs at least 2 slices at distinct positions, got {len(slices)}")
     slice_spacing = _uniform_slice_spacing([s.position_mm for s in slices])
     _check_in_plane_alignment(slices, grid)
-    hu = _decode_slices(slices, grid)
+    hu = _decode_slices(slices, grid, decoded)
     volume = CTVolume(
         hu=hu,
         spacing=(grid.column_spacing_mm, grid.row_spacing_mm, slice_spacing),
@@ -331,28 +367,79 @@ def _check_in_plane_alignment(slices: Sequence[_Slice], grid: _Grid) -> None:
 # --- pixels --------------------------------------------------------------------------------
 
 
-def _decode_slices(slices: Sequence[_Slice], grid: _Grid) -> np.ndarray:
-    """Decode each file into its place of one preallocated float32 HU array."""
+def _decode_slices(slices: Sequence[_Slice], grid: _Grid, decoded: Mapping[Path, DecodedSlice]) -> np.ndarray:
+    """Decode each file into its place of one preallocated float32 HU array, :data:`DECODE_THREADS`
+    at a time; a plane in ``decoded`` is copied instead.
+
+    The first failing slice in slice order raises; the slices not yet started are cancelled.
+    """
     try:
         hu = np.empty((len(slices), grid.rows, grid.columns), dtype=np.float32)
     except MemoryError as error:  # the sizes come from the headers, which may claim anything
         raise VolumeError(f"{len(slices)} slices of {grid.rows} x {grid.columns} do not fit in memory") from error
-    for index, item in enumerate(slices):
-        stored = _decode_pixels(item, grid)
-        _stored_to_hu(stored, item.header, out=hu[index])
+
+    def decode_into(index: int) -> None:
+        item = slices[index]
+        ready = decoded.get(item.path)
+        if ready is not None and ready.hu.shape == hu.shape[1:]:
+            hu[index] = ready.hu
+        else:
+            _stored_to_hu(_decode_pixels(item.path, item.header, hu.shape[1:]), item.header, out=hu[index])
+
+    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode") as pool:
+        futures = [pool.submit(decode_into, index) for index in range(len(slices))]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     return hu
 
 
-def _decode_pixels(item: _Slice, grid: _Grid) -> np.ndarray:
-    """The stored values of one file; the dataset (and its compressed bytes) is dropped on return."""
-    try:
-        dataset = pydicom.dcmread(item.path)
-        stored = dataset.pixel_array
-    except Exception as error:  # decoders raise many types for truncated or corrupt data
-        raise VolumeError(f"{item.path}: pixel data cannot be decoded ({error})") from error
-    if stored.shape != (grid.rows, grid.columns):
-        raise VolumeError(f"{item.path}: pixel data has shape {stored.shape}, expected {(grid.rows, grid.columns)}")
+def _decode_pixels(path: Path, header: Dataset, shape: tuple[int, ...]) -> np.ndarray:
+    """The stored values of one file (``shape``: rows, columns), by GDCM where it can, else by pydicom."""
+    stored = _decode_with_gdcm(path, header)
+    if stored is None:
+        stored = _decode_with_pydicom(path)
+    if stored.shape != tuple(shape):
+        raise VolumeError(f"{path}: pixel data has shape {stored.shape}, expected {tuple(shape)}")
     return stored
+
+
+def _decode_with_gdcm(path: Path, header: Dataset) -> np.ndarray | None:
+    """The stored values as GDCM decodes them, or None where pydicom is to decode (and judge) the file.
+
+    Only compressed (encapsulated) pixel data goes to GDCM: uncompressed data costs pydicom
+    nothing to decode, and pydicom checks its length, where GDCM returns whatever the bytes
+    give (a file truncated on disk would become a wrong slice). GDCM applies RescaleSlope and
+    RescaleIntercept itself; with a slope of 1 and an integer intercept (every CT series here)
+    subtracting the intercept gives the stored values exactly.
+    """
+    transfer_syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if transfer_syntax is None or not transfer_syntax.is_encapsulated:
+        return None
+    slope = _number(header, "RescaleSlope", 1.0)
+    intercept = _number(header, "RescaleIntercept", 0.0)
+    if slope != 1.0 or not float(intercept).is_integer():
+        return None
+    try:
+        image = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+    except RuntimeError:  # GDCM cannot decode it: pydicom decides, and words the error
+        return None
+    values = sitk.GetArrayViewFromImage(image)
+    if values.dtype.kind not in "iu" or values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[0] != 1):
+        return None
+    return np.subtract(values.reshape(values.shape[-2:]), int(intercept), dtype=np.int32)
+
+
+def _decode_with_pydicom(path: Path) -> np.ndarray:
+    """The stored values as pydicom decodes them; the dataset (and its compressed bytes) is dropped on return."""
+    try:
+        return pydicom.dcmread(path).pixel_array
+    except Exception as error:  # decoders raise many types for truncated or corrupt data
+        raise VolumeError(f"{path}: pixel data cannot be decoded ({error})") from error
 
 
 def _stored_to_hu(stored: np.ndarray, header: Dataset, out: np.ndarray) -> None:

@@ -42,7 +42,7 @@ from inference.models.decovnet import COVID, DeCoVNet
 from inference.models.unet import UNet
 from inference.multilevel_cam import level_cams_on_original
 from inference.options import AnalysisOptions
-from inference.resampling import map_to_uint8, to_original
+from inference.resampling import original_box, resampled_in_box, to_original_uint8
 from inference.types import (
     AlgorithmFamily,
     Classification,
@@ -108,8 +108,8 @@ class Analyzer:
             lesion_labels, lesions = None, ()
             if classification.positive:  # lesions are reported for positive calls only
                 found = localize(cam, prepared.hu, prepared.lungs, self.options.min_lesion_score, prepared.grid.voxel_ml)
-                lesion_labels, lesions = _lesions_on_original(volume, labels > 0, prepared, found)
-            cam_original = to_original(volume, prepared.grid, cam)
+                lesion_labels, lesions = _lesions_on_original(volume, labels, prepared, found)
+            cam_original = to_original_uint8(volume, prepared.grid, cam)
         logger.info(
             "COVID-19 probability %.3f (%s at %.2f), %d lesions, lungs %.0f ml",
             probability,
@@ -123,7 +123,7 @@ class Analyzer:
             classification=classification,
             lesions=lesions,
             lesion_labels=lesion_labels,
-            cam=map_to_uint8(cam_original),
+            cam=cam_original,
         )
 
     def multilevel_cams(self, volume: CTVolume, lung_labels: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -154,33 +154,36 @@ class Analyzer:
 
 
 def _lesions_on_original(
-    volume: CTVolume, lungs: np.ndarray, prepared: ClassifierInput, found: Localization
+    volume: CTVolume, lung_labels: np.ndarray, prepared: ClassifierInput, found: Localization
 ) -> tuple[np.ndarray | None, tuple[Lesion, ...]]:
-    """Candidates mapped onto the original slices and measured there, inside ``lungs`` only.
+    """Candidates mapped onto the original slices and measured there, inside the lungs only.
 
     The candidates lie in the lungs of the coarse classifier grid; mapped back, a candidate at
     the pleura or the hilum spills over the finer lung outline, and a lung lesion's outline,
     volume and centre must not include chest wall or mediastinum. Candidates that vanish are
-    dropped.
+    dropped. The work is done in the box the candidates can reach, each candidate measured in
+    its own box within it: comparing the whole volume once per candidate cost seconds on a
+    512x512x255 scan.
     """
-    if not found.candidates:
+    box = original_box(volume, prepared.grid, found.labels) if found.candidates else None
+    if box is None:
         return None, ()
-    mapped = to_original(volume, prepared.grid, found.labels, labels=True)
-    mapped[~lungs] = 0
+    mapped = resampled_in_box(volume, prepared.grid, found.labels, box, labels=True)
+    mapped[lung_labels[box] == 0] = 0
     grid = VoxelGrid.of(volume)
-    labels = np.zeros(mapped.shape, dtype=np.uint16)
-    # Each candidate is measured inside its own bounding box: comparing the whole volume once
-    # per candidate cost seconds on a 512x512x255 scan.
+    labels = np.zeros(volume.hu.shape, dtype=np.uint8)  # at most MAX_LESIONS (10) lesions
+    labels_in_box, hu_in_box = labels[box], volume.hu[box]
+    offset = np.array([s.start for s in box], dtype=float)
     boxes = ndi.find_objects(mapped, max_label=len(found.candidates))
     lesions = []
     for candidate in found.candidates:
-        box = boxes[candidate.label - 1]
-        if box is None:  # vanished outside the finer lung outline
+        own = boxes[candidate.label - 1]
+        if own is None:  # vanished outside the finer lung outline
             continue
         new = len(lesions) + 1
-        voxels = mapped[box] == candidate.label
-        labels[box][voxels] = new
-        corner = np.array([s.start for s in box], dtype=float)
+        voxels = mapped[own] == candidate.label
+        labels_in_box[own][voxels] = new
+        corner = offset + np.array([s.start for s in own], dtype=float)
         centre_index = np.array(np.nonzero(voxels), dtype=float).mean(axis=1) + corner
         centre = grid.origin + centre_index @ grid.steps
         lesions.append(
@@ -189,7 +192,7 @@ def _lesions_on_original(
                 score=round(candidate.score, 4),
                 volume_ml=float(np.count_nonzero(voxels)) * volume.voxel_volume_ml,
                 centre_mm=tuple(float(c) for c in centre),  # type: ignore[arg-type]
-                mean_hu=float(volume.hu[box][voxels].mean()),
+                mean_hu=float(hu_in_box[own][voxels].mean()),
                 primary=candidate.primary,
             )
         )
@@ -221,7 +224,8 @@ def analyze(volume: CTVolume) -> Findings:
 
 def lung_volumes(labels: np.ndarray, voxel_ml: float) -> LungVolumes:
     """Volumes in ml from voxel counts; right/left are None unless the lungs were separated."""
-    counts = np.bincount(labels.ravel(), minlength=len(LungLabel))
+    # One count per label: bincount would first copy the labels to 64-bit integers (8 bytes a voxel).
+    counts = {label: np.count_nonzero(labels == label) for label in (LungLabel.RIGHT, LungLabel.LEFT, LungLabel.UNSEPARATED)}
     right = float(counts[LungLabel.RIGHT]) * voxel_ml
     left = float(counts[LungLabel.LEFT]) * voxel_ml
     total = right + left + float(counts[LungLabel.UNSEPARATED]) * voxel_ml

@@ -46,12 +46,12 @@ class ClassifierInput:
 
 def classifier_input(volume: CTVolume, lung_labels: np.ndarray) -> ClassifierInput | None:
     """The classifier input over the lungs of ``lung_labels``; None when there is no lung."""
-    box = bounding_box(lung_labels > 0)
+    box = bounding_box(lung_labels)
     if box is None:
         return None
     grid = box_grid(volume, box, SLICE_MM, INPUT_HEIGHT, INPUT_WIDTH)
     hu = sample(volume, grid)
-    lungs = sample(volume, grid, (lung_labels > 0).astype(np.uint8), labels=True) > 0
+    lungs = sample(volume, grid, lung_labels, labels=True) > 0
     return ClassifierInput(grid, hu, lungs)
 
 

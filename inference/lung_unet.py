@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 from inference.grid import fill_holes_slicewise, keep_large_components
 from inference.lung_sides import split_right_left
 from inference.models.unet import LUNG, SIZE_MULTIPLE, UNet
-from inference.resampling import SampleGrid, sample, to_original, whole_grid, window
+from inference.resampling import SampleGrid, original_box, resampled_in_box, sample, whole_grid, window
 from inference.types import CTVolume
 
 PIXEL_MM = 2.0
@@ -100,9 +100,15 @@ def postprocess(mask: np.ndarray, grid: SampleGrid) -> np.ndarray:
 
 def labels_to_original(volume: CTVolume, grid: SampleGrid, labels: np.ndarray) -> np.ndarray:
     """Coarse labels onto the original slices: the lung outline by linear interpolation (smooth,
-    sub-voxel), the side of each lung voxel from the nearest coarse label."""
-    lung = to_original(volume, grid, (labels > 0).astype(np.float32)) > 0.5
+    sub-voxel), the side of each lung voxel from the nearest coarse label; both only in the box
+    the grown labels can reach."""
     # Grow the labels by one coarse voxel so every voxel inside the smooth outline finds a side.
     grown = np.where(labels > 0, labels, ndi.grey_dilation(labels, size=(3, 3, 3)))
-    side = to_original(volume, grid, grown, labels=True)
-    return np.where(lung, side, 0).astype(np.uint8)
+    out = np.zeros(volume.hu.shape, dtype=np.uint8)
+    box = original_box(volume, grid, grown)
+    if box is None:
+        return out
+    lung = resampled_in_box(volume, grid, (labels > 0).astype(np.float32), box)
+    side = resampled_in_box(volume, grid, grown, box, labels=True)
+    out[box] = np.where(lung > 0.5, side, 0)
+    return out

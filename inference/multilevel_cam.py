@@ -33,7 +33,7 @@ import torch
 from inference.classifier_input import ClassifierInput, classifier_input, pad_slices
 from inference.localize import upsample_cam
 from inference.models.decovnet import COVID, DeCoVNet
-from inference.resampling import map_to_uint8, to_original
+from inference.resampling import to_original_uint8
 from inference.types import CTVolume
 
 LEVELS = {"low": "low (stem)", "mid": "mid (block 1)", "high": "high (block 2)"}
@@ -89,7 +89,7 @@ def level_cams_on_original(
     if prepared is None:
         return None
     return {
-        name: map_to_uint8(to_original(volume, prepared.grid, cam))
+        name: to_original_uint8(volume, prepared.grid, cam)
         for name, cam in level_cams(model, prepared, device).items()
     }
 

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from inference.grid import VoxelGrid, bounding_box
-from inference.io import volume_to_image, with_geometry
+from inference.io import with_geometry
 from inference.types import CTVolume
 
 OUTSIDE_HU = -1024.0
@@ -99,13 +99,23 @@ def sample(volume: CTVolume, grid: SampleGrid, array: np.ndarray | None = None, 
     """``array`` (default: the HU; shape of ``volume.hu``) resampled onto ``grid``.
 
     Linear interpolation for intensities, nearest neighbour for ``labels``; outside the
-    original field of view: air for HU, 0 for anything else.
+    original field of view: air for HU, 0 for anything else. Only the original voxels around
+    the grid are handed to SimpleITK (which copies what it is given): the classifier's grid
+    covers the lungs, a fraction of the volume.
     """
-    source = volume_to_image(volume, None if array is None else array)
+    default = 0.0 if labels or array is not None else OUTSIDE_HU
+    values = volume.hu if array is None else array
+    grid_box = tuple(slice(0, n) for n in grid.shape)
+    box = _index_box(volume, grid, grid_box)
+    if box is None:  # the grid lies wholly outside the volume
+        return np.full(grid.shape, default, dtype=values.dtype if labels else np.float32)
+    source = with_geometry(
+        sitk.GetImageFromArray(values[box]), volume.spacing, VoxelGrid.of(volume).cropped(box).origin, volume.direction
+    )
     if labels:
-        interpolator, default = sitk.sitkNearestNeighbor, 0.0
+        interpolator = sitk.sitkNearestNeighbor
     else:
-        interpolator, default = sitk.sitkLinear, OUTSIDE_HU if array is None else 0.0
+        interpolator = sitk.sitkLinear
         if source.GetPixelID() != sitk.sitkFloat32:  # a cast of a float32 image is a copy of the volume
             source = sitk.Cast(source, sitk.sitkFloat32)
     out = sitk.Resample(source, grid.reference(), sitk.Transform(), interpolator, default)
@@ -116,37 +126,54 @@ def to_original(volume: CTVolume, grid: SampleGrid, array: np.ndarray, *, labels
     """``array`` on ``grid`` mapped back onto the original slices (shape of ``volume.hu``).
 
     Nearest neighbour for labels, linear otherwise; 0 outside the grid. Only the original
-    voxels near ``array``'s nonzero part are resampled (elsewhere the result is 0 either way):
-    lungs and lesions fill a fraction of the field of view, and every full-resolution
-    resampling of a 512x512x255 scan costs the better part of a second.
+    voxels near ``array``'s nonzero part (:func:`original_box`) are resampled: elsewhere the
+    result is 0 either way, and every full-resolution resampling of a 512x512x255 scan costs
+    the better part of a second.
     """
-    source = grid.image(array if labels else array.astype(np.float32))
-    box = _original_box(volume, grid, array)
+    box = original_box(volume, grid, array)
     if box is None:
-        return np.zeros(volume.hu.shape, dtype=sitk.GetArrayViewFromImage(source).dtype)
-    empty = sitk.Image([b.stop - b.start for b in box[::-1]], sitk.sitkUInt8)
-    reference = with_geometry(empty, volume.spacing, VoxelGrid.of(volume).cropped(box).origin, volume.direction)
-    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    part = sitk.GetArrayFromImage(sitk.Resample(source, reference, sitk.Transform(), interpolator, 0.0))
+        return np.zeros(volume.hu.shape, dtype=array.dtype if labels else np.float32)
+    part = resampled_in_box(volume, grid, array, box, labels=labels)
     out = np.zeros(volume.hu.shape, dtype=part.dtype)
     out[box] = part
     return out
 
 
-#: Grid voxels kept around the nonzero part of a map resampled to the original slices: linear
-#: interpolation reaches one voxel, nearest neighbour half of one. Not clipped to the grid: the
-#: grid's outer half voxel still interpolates its edge voxels.
+def resampled_in_box(
+    volume: CTVolume, grid: SampleGrid, array: np.ndarray, box: tuple[slice, ...], *, labels: bool = False
+) -> np.ndarray:
+    """``array`` on ``grid`` mapped onto the original voxels of ``box`` (z, y, x) only.
+
+    For callers that go on working in the box: lungs, lesions and the CAM fill a fraction of
+    the field of view, and every volume-sized temporary costs hundreds of MB on a long scan.
+    """
+    source = grid.image(array if labels else array.astype(np.float32))
+    empty = sitk.Image([b.stop - b.start for b in box[::-1]], sitk.sitkUInt8)
+    reference = with_geometry(empty, volume.spacing, VoxelGrid.of(volume).cropped(box).origin, volume.direction)
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    return sitk.GetArrayFromImage(sitk.Resample(source, reference, sitk.Transform(), interpolator, 0.0))
+
+
+#: Grid voxels kept around the nonzero part of a map resampled to the original slices (and
+#: around a grid sampled from them): linear interpolation reaches one voxel, nearest neighbour
+#: half of one. Not clipped to the grid: the grid's outer half voxel still interpolates its edge
+#: voxels.
 _MARGIN_VOXELS = 2
 
 
-def _original_box(volume: CTVolume, grid: SampleGrid, array: np.ndarray) -> tuple[slice, ...] | None:
+def original_box(volume: CTVolume, grid: SampleGrid, array: np.ndarray) -> tuple[slice, ...] | None:
     """The (z, y, x) index box of the original volume that can receive a nonzero value of
     ``array`` (shape ``grid.shape``) by resampling; None when ``array`` is all zero."""
     nonzero = bounding_box(array)
-    if nonzero is None:
-        return None
-    low = np.array([s.start for s in nonzero], dtype=float) - _MARGIN_VOXELS
-    high = np.array([s.stop - 1 for s in nonzero], dtype=float) + _MARGIN_VOXELS
+    return None if nonzero is None else _index_box(volume, grid, nonzero)
+
+
+def _index_box(volume: CTVolume, grid: SampleGrid, grid_box: tuple[slice, ...]) -> tuple[slice, ...] | None:
+    """The (z, y, x) index box of the original volume within reach of the grid voxels
+    ``grid_box`` (grown by :data:`_MARGIN_VOXELS` grid voxels), clipped to the volume; None when
+    that lies wholly outside it."""
+    low = np.array([s.start for s in grid_box], dtype=float) - _MARGIN_VOXELS
+    high = np.array([s.stop - 1 for s in grid_box], dtype=float) + _MARGIN_VOXELS
     corners = np.array([np.where(bits, high, low) for bits in np.ndindex(2, 2, 2)])
     on_grid = grid.voxel_grid
     original = VoxelGrid.of(volume)
@@ -169,6 +196,17 @@ def map_to_uint8(values: np.ndarray) -> np.ndarray:
     np.clip(values, 0.0, 1.0, out=values)
     values *= np.float32(255.0)
     return np.rint(values, out=values).astype(np.uint8)
+
+
+def to_original_uint8(volume: CTVolume, grid: SampleGrid, values: np.ndarray) -> np.ndarray:
+    """A 0..1 map on ``grid`` (a CAM) on the original slices as 0..255 (:func:`map_to_uint8`),
+    converted in its box only: the float map of a whole long scan would be the largest array
+    of the analysis."""
+    out = np.zeros(volume.hu.shape, dtype=np.uint8)
+    box = original_box(volume, grid, values)
+    if box is not None:
+        out[box] = map_to_uint8(resampled_in_box(volume, grid, values, box))
+    return out
 
 
 def window(hu: np.ndarray) -> np.ndarray:

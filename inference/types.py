@@ -124,7 +124,7 @@ class Findings:
     - ``classification``: None when no classifier is installed or the scan is not assessable;
     - ``not_assessable``: the reason no probability is given (no plausible pair of lungs,
       lungs cut off, too few slices), else None;
-    - ``lesion_labels``: uint16 map like ``lung_labels``, value ``i`` for ``lesions[i-1]``;
+    - ``lesion_labels``: uint8 map like ``lung_labels``, value ``i`` for ``lesions[i-1]``;
     - ``cam``: the class activation map on the input grid, uint8 (0..255 for 0..1).
     """
 

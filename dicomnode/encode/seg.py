@@ -13,12 +13,13 @@ by their index misplace a SEG whose empty frames are missing. No lung at all is 
 Two encodings, chosen per destination (:class:`dicomnode.settings.Delivery`):
 
 - **BINARY**: one 1-bit frame per segment and slice. Lesions lie inside the lungs, so with
-  lesions the segments overlap (SegmentsOverlap YES) and highdicom gets one mask per segment.
-  It checks the overlap by summing the masks into a 64-bit count per voxel, so encoding costs
-  about (segments + 9) bytes per voxel it is given; the masks are laid out segment by segment,
-  so each frame highdicom takes is one contiguous plane. With omitted empty frames, highdicom is
-  also given only the slices from the first to the last one holding a segment (the others are
-  referenced as further source images).
+  lesions the segments overlap (SegmentsOverlap YES). highdicom takes overlapping segments as
+  one full mask per segment (a byte per voxel and segment, 8 segments: 1.26 GB for 600 slices)
+  and sums them into 64-bit counts to learn that they overlap (another 1.26 GB);
+  :class:`_Segmentation` takes two label maps instead (:class:`LabelLayers`: the lungs, the
+  lesions), 2 bytes per voxel, and cuts each segment's frame from them. With omitted empty
+  frames, highdicom is also given only the slices from the first to the last one holding a
+  segment (the others are referenced as further source images).
 - **LABELMAP**: one 8-bit frame per slice holding segment numbers (DICOM 2024, recent viewers
   such as OHIF 3.10): a lesion voxel shows its lesion, so there a lung segment is the lung
   without its lesions (:func:`dicomnode.encode.segments.shown_lung_labels`; the SR measures
@@ -107,7 +108,7 @@ def encode_seg(
         for les in lesions
     ]
     try:
-        seg = hd.seg.Segmentation(
+        seg = _Segmentation(
             source_images=sources[planes],
             further_source_images=sources[: planes.start] + sources[planes.stop :] or None,
             pixel_array=_pixel_array(findings, segments, lesions, planes, seg_type),
@@ -132,6 +133,68 @@ def encode_seg(
     names = [n.segment.name for n in segments] + [lesion.name for lesion in lesions]
     logger.info("Encoded %s SEG %s: %s", seg_type.upper(), seg.SOPInstanceUID, ", ".join(names))
     return seg
+
+
+class LabelLayers(np.ndarray):
+    """Label maps of segment numbers stacked on the last axis (slices, rows, columns, layers).
+
+    Segments overlap only across layers, never within one: segment ``n`` is wherever some layer
+    holds ``n``. Two layers (lungs, lesions) hold a BINARY SEG with lesions in 2 bytes a voxel.
+    """
+
+
+class _Segmentation(hd.seg.Segmentation):
+    """highdicom's Segmentation that also takes a BINARY SEG's masks as :class:`LabelLayers`.
+
+    Two private methods of highdicom are extended for them (any other pixel array goes to
+    highdicom's own): the check of the pixel array, which here learns whether segments overlap
+    a few planes at a time, and the cut of one segment's frame from a plane. Should a later
+    highdicom rename them, every SEG with lesions fails to encode with highdicom's complaint
+    about the array, loudly, in the tests first.
+    """
+
+    @classmethod
+    def _check_and_cast_pixel_array(  # type: ignore[override]
+        cls,
+        pixel_array: np.ndarray,
+        segment_numbers: np.ndarray,
+        segmentation_type: hd.seg.SegmentationTypeValues,
+        dtype: type,
+    ) -> tuple[np.ndarray, hd.seg.SegmentsOverlapValues]:
+        if not isinstance(pixel_array, LabelLayers):
+            return super()._check_and_cast_pixel_array(pixel_array, segment_numbers, segmentation_type, dtype)
+        if segmentation_type != hd.seg.SegmentationTypeValues.BINARY or pixel_array.ndim != 4:
+            raise ValueError("label layers are for a BINARY SEG, shaped (slices, rows, columns, layers)")
+        if int(pixel_array.max()) > int(np.max(segment_numbers)):
+            raise ValueError("Pixel array contains segments that lack descriptions.")
+        overlap = any(
+            np.any(np.count_nonzero(pixel_array[start : start + _OVERLAP_CHECK_PLANES], axis=-1) > 1)
+            for start in range(0, len(pixel_array), _OVERLAP_CHECK_PLANES)
+        )
+        return pixel_array, hd.seg.SegmentsOverlapValues.YES if overlap else hd.seg.SegmentsOverlapValues.NO
+
+    @staticmethod
+    def _get_segment_pixel_array(  # type: ignore[override]
+        pixel_array: np.ndarray,
+        segment_number: int,
+        described_segment_numbers: np.ndarray,
+        segmentation_type: hd.seg.SegmentationTypeValues,
+        max_fractional_value: int,
+        dtype: type,
+    ) -> np.ndarray:
+        if not isinstance(pixel_array, LabelLayers):
+            return hd.seg.Segmentation._get_segment_pixel_array(
+                pixel_array, segment_number, described_segment_numbers, segmentation_type, max_fractional_value, dtype
+            )
+        plane = np.asarray(pixel_array)
+        frame = plane[:, :, 0] == segment_number
+        for layer in range(1, plane.shape[-1]):
+            frame |= plane[:, :, layer] == segment_number
+        return frame.astype(dtype)
+
+
+#: Planes checked at once for segments that overlap (a few MB at a time).
+_OVERLAP_CHECK_PLANES = 8
 
 
 def _segment_planes(findings: Findings) -> slice:
@@ -159,40 +222,58 @@ def _pixel_array(
     seg_type: str,
 ) -> np.ndarray:
     """The masks of slices ``planes`` as highdicom takes them: a map of segment numbers (a
-    LABELMAP, or a BINARY SEG without lesions), else one mask per segment.
+    LABELMAP, or a BINARY SEG without lesions), else :class:`LabelLayers` of the lungs and the
+    lesions.
 
-    In the stacked form, ``[..., n - 1]`` is segment ``n``: the lung segments, then the lesions.
-    It is a (slices, rows, columns, segments) view of a bool array stored segment by segment, so
-    that one segment's frame is a contiguous plane (highdicom encodes frame by frame).
+    The layers are stored layer by layer, so that each layer of a plane is contiguous.
     """
     lesion_labels = findings.lesion_labels
     if seg_type == "labelmap":
         numbers = _segment_number_map(shown_lung_labels(findings)[planes], segments)
         if lesions and lesion_labels is not None:
             shown = lesion_labels[planes]
-            lookup = np.zeros(len(lesions) + 1, dtype=np.uint8)
-            for lesion in lesions:
-                lookup[lesion.lesion.label] = lesion.number
-            numbers = np.where(shown > 0, lookup[shown], numbers)
+            numbers = np.where(shown > 0, _lesion_number_lookup(lesions)[shown], numbers)
         return numbers
     labels = findings.lung_labels[planes]
     if not lesions or lesion_labels is None:  # lesion_segments() found no lesions without a map
         return _segment_number_map(labels, segments)
-    lesion_labels = lesion_labels[planes]
-    stack = np.empty((len(segments) + len(lesions), *labels.shape), dtype=bool)
-    for numbered in segments:
-        np.equal(labels, numbered.segment.label, out=stack[numbered.number - 1])
-    for lesion in lesions:
-        np.equal(lesion_labels, lesion.lesion.label, out=stack[lesion.number - 1])
-    return np.moveaxis(stack, 0, -1)
+    layers = np.empty((2, *labels.shape), dtype=np.uint8)
+    _look_up_by_plane(_segment_number_lookup(labels, segments), labels, out=layers[0])
+    _look_up_by_plane(_lesion_number_lookup(lesions), lesion_labels[planes], out=layers[1])
+    return np.moveaxis(layers, 0, -1).view(LabelLayers)
 
 
 def _segment_number_map(labels: np.ndarray, segments: Sequence[NumberedSegment]) -> np.ndarray:
     """The label map with each LungLabel replaced by its segment number (0 stays background)."""
+    return _look_up_by_plane(_segment_number_lookup(labels, segments), labels, out=np.empty(labels.shape, np.uint8))
+
+
+def _look_up_by_plane(lookup: np.ndarray, labels: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``lookup[labels]`` into ``out``, a few planes at a time: numpy indexes through 64-bit
+    copies of the indices, 8 bytes a voxel of the whole volume (1.26 GB for 600 slices) at once."""
+    for start in range(0, len(labels), _LOOKUP_PLANES):
+        out[start : start + _LOOKUP_PLANES] = lookup[labels[start : start + _LOOKUP_PLANES]]
+    return out
+
+
+#: Planes looked up at once (32 MB of 64-bit indices for 512x512).
+_LOOKUP_PLANES = 16
+
+
+def _segment_number_lookup(labels: np.ndarray, segments: Sequence[NumberedSegment]) -> np.ndarray:
+    """Segment number by LungLabel value (0 for the background and for labels not shown)."""
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
     for numbered in segments:
         lookup[numbered.segment.label] = numbered.number
-    return lookup[labels]
+    return lookup
+
+
+def _lesion_number_lookup(lesions: Sequence[LesionSegment]) -> np.ndarray:
+    """Segment number by lesion label value (0 for the background)."""
+    lookup = np.zeros(max(lesion.lesion.label for lesion in lesions) + 1, dtype=np.uint8)
+    for lesion in lesions:
+        lookup[lesion.lesion.label] = lesion.number
+    return lookup
 
 
 def _describe(

@@ -19,6 +19,7 @@ from dicomnode.db import Database
 from dicomnode.doorbell import Doorbell
 from dicomnode.encode import EncodingError
 from dicomnode.fileio import out_of_space
+from dicomnode.jobs.prefetch import Prefetcher
 from dicomnode.jobs.queue import Job, JobQueue
 from dicomnode.pipeline import Analyze, analyse_series
 from dicomnode.send import Outbox
@@ -41,7 +42,9 @@ class Worker:
         outbox: Outbox,
         settings: Settings,
         analyze: Analyze,
+        prefetcher: Prefetcher | None = None,
     ) -> None:
+        """``prefetcher`` reads series ahead while the worker has no job (none: every job reads its files itself)."""
         self.db = db
         self.queue = queue
         self.index = index
@@ -49,6 +52,7 @@ class Worker:
         self.outbox = outbox
         self.settings = settings
         self.analyze = analyze
+        self.prefetcher = prefetcher
 
     def run_once(self, now: float | None = None) -> Job | None:
         """Run the next due job, if any; return it (as claimed)."""
@@ -77,7 +81,9 @@ class Worker:
         instances = self.index.instances_by_uid(list(job.instances))
         if len(instances) < len(job.instances):
             raise VolumeError(f"{len(job.instances) - len(instances)} instance(s) of this run are no longer in the spool")
-        result = analyse_series([self.spool.absolute(i.path) for i in instances], self.settings, self.analyze)
+        paths = [self.spool.absolute(i.path) for i in instances]
+        decoded = self.prefetcher.take(paths) if self.prefetcher is not None else None
+        result = analyse_series(paths, self.settings, self.analyze, decoded)
         files = self.outbox.store(job.id, result.objects)
         with self.db.transaction() as sql:
             self.queue.mark_done(sql, job, result.summary, time.time(), self.settings.storage.retention_seconds)
@@ -112,16 +118,19 @@ class Worker:
         queued: Doorbell | None = None,
         delivered: Doorbell | None = None,
     ) -> None:
-        """Run jobs until ``stop``: wait on ``queued`` (rung by the assembler) when there is none,
-        ring ``delivered`` (the sender's doorbell) when a job put results in the outbox."""
+        """Run jobs until ``stop``: with none, read series ahead, else wait on ``queued`` (rung by
+        the assembler); ring ``delivered`` (the sender's doorbell) when a job put results in the outbox."""
         wait = queued.wait if queued is not None else stop.wait
         while not stop.is_set():
+            idle = poll_seconds
             try:
                 job = self.run_once()
+                if job is None and self.prefetcher is not None:
+                    idle = min(idle, self.prefetcher.step(time.time()))
             except Exception:
                 logger.exception("worker round failed; retrying")
                 job = None
-            if job is None:
-                wait(poll_seconds)
+            if job is None and idle > 0:
+                wait(idle)
             elif delivered is not None:
                 delivered.ring()

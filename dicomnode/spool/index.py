@@ -86,10 +86,24 @@ class InstanceIndex:
         )
         return [QuietSeries(row["series_uid"], row["study_uid"], row["last_received_at"]) for row in rows]
 
-    def earliest_pending_arrival(self) -> float | None:
-        """When the longest-waiting series with news received its last instance (None: no news)."""
-        rows = self.db.query("SELECT MIN(last_received_at) AS earliest FROM series WHERE pending = 1")
+    def earliest_pending_arrival(self, after: float = float("-inf")) -> float | None:
+        """When the longest-waiting series with news (whose last instance came after ``after``)
+        received its last instance (None: no such news)."""
+        rows = self.db.query(
+            "SELECT MIN(last_received_at) AS earliest FROM series WHERE pending = 1 AND last_received_at > ?", (after,)
+        )
         return None if not rows or rows[0]["earliest"] is None else float(rows[0]["earliest"])
+
+    def settled_pending_paths(self, settled_by: float, sop_class_uid: str) -> list[Path]:
+        """Spool paths of the ``sop_class_uid`` instances of series with news whose last instance
+        arrived at or before ``settled_by`` (the series that stopped arriving first come first)."""
+        rows = self.db.query(
+            "SELECT instances.path FROM instances JOIN series ON series.series_uid = instances.series_uid"
+            " WHERE series.pending = 1 AND series.last_received_at <= ? AND instances.sop_class_uid = ?"
+            " ORDER BY series.last_received_at, instances.received_at",
+            (settled_by, sop_class_uid),
+        )
+        return [Path(row["path"]) for row in rows]
 
     def instances(self, series_uid: str) -> list[IndexedInstance]:
         rows = self.db.query("SELECT header, path FROM instances WHERE series_uid = ?", (series_uid,))

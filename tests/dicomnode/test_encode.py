@@ -170,7 +170,6 @@ def test_seg_identity_from_settings(written: tuple[Path, Path]) -> None:
     assert seg.SoftwareVersions == __version__
     assert seg.DeviceSerialNumber == SETTINGS.device_serial_number == SETTINGS.node.ae_title
 
-
 # --- SR ------------------------------------------------------------------------------------
 
 
@@ -429,6 +428,35 @@ def call_of(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> str:
 def test_assessed_seg_and_sr_pass_dciodvfy(assessed_written: tuple[Path, Path]) -> None:
     for path in assessed_written:
         assert dciodvfy_errors(path) == [], path.name
+
+
+def test_lesion_seg_frames_are_highdicoms_from_one_mask_per_segment(phantom_series: SeriesVolume, assessed: Findings) -> None:
+    """The lungs and lesions go to highdicom as two label layers; every frame is the one
+    highdicom itself makes from one full mask per segment (its documented input)."""
+    seg = encode_seg(phantom_series, assessed, SETTINGS)
+    numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
+    lungs, lesions = numbers[:2], numbers[2:]
+    masks = [assessed.lung_labels == label for label in (LungLabel.RIGHT, LungLabel.LEFT)]
+    masks += [assessed.lesion_labels == lesion.label for lesion in assessed.lesions]
+    assert len(masks) == len(numbers) and lungs == [1, 2] and lesions
+    reference = hd.seg.Segmentation(
+        source_images=list(phantom_series.datasets),
+        pixel_array=np.stack(masks, axis=-1),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[hd.seg.SegmentDescription.from_dataset(item) for item in seg.SegmentSequence],
+        series_instance_uid=seg.SeriesInstanceUID,
+        series_number=1,
+        sop_instance_uid=seg.SOPInstanceUID,
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="test",
+        device_serial_number="test",
+        omit_empty_frames=False,  # as the node's default
+    )
+    assert seg.SegmentsOverlap == reference.SegmentsOverlap == "YES"
+    assert seg.NumberOfFrames == reference.NumberOfFrames
+    assert seg.PixelData == reference.PixelData
 
 
 def test_lesion_segments_follow_the_lung_segments(assessed_written: tuple[Path, Path]) -> None:

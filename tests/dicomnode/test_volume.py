@@ -15,6 +15,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import DeflatedExplicitVRLittleEndian, EnhancedCTImageStorage, RLELossless, generate_uid
 
 from conftest import SHARED_DATA, require_path
+from dicomnode import volume as volume_module
 from dicomnode.volume import AIR_HU, SeriesVolume, VolumeError, build_volume
 from factories import TEST_UID_ROOT, PhantomSeries
 
@@ -366,3 +367,26 @@ def test_real_series(folder: str, slices: int, spacing: tuple[float, float, floa
     expected[expected <= -2000] = AIR_HU
     np.testing.assert_array_equal(volume.hu[index], expected)
     assert -1100 <= volume.hu.min() and volume.hu.max() < 4000
+
+
+@pytest.mark.parametrize(("folder", "slices", "spacing"), REAL_SERIES, ids=[r[0].split("/")[0] for r in REAL_SERIES])
+def test_gdcm_decodes_real_series_as_pydicom_does(
+    folder: str, slices: int, spacing: tuple[float, float, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every compressed slice of the real series goes the fast way (GDCM), and gives pydicom's volume exactly."""
+    directory = require_path(CT / folder)
+    paths = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix != ".xml")
+    by_gdcm = 0
+    gdcm_decode = volume_module._decode_with_gdcm
+
+    def counted(path: Path, header: Dataset) -> np.ndarray | None:
+        nonlocal by_gdcm
+        stored = gdcm_decode(path, header)
+        by_gdcm += stored is not None
+        return stored
+
+    monkeypatch.setattr(volume_module, "_decode_with_gdcm", counted)
+    fast = build_volume(paths).volume.hu
+    assert by_gdcm == (0 if folder == "lidc-idri-0001" else slices)  # LIDC is uncompressed: pydicom's
+    monkeypatch.setattr(volume_module, "_decode_with_gdcm", lambda path, header: None)
+    np.testing.assert_array_equal(build_volume(paths).volume.hu, fast)

@@ -111,3 +111,23 @@ def test_mapping_back_only_near_the_map_gives_what_resampling_every_voxel_gives(
 def test_maps_become_rounded_eight_bit_values() -> None:
     values = np.array([-0.5, 0.0, 0.5 / 255, 0.5, 1.0, 3.0], dtype=np.float32)
     assert map_to_uint8(values.copy()).tolist() == [0, 0, 0, 128, 255, 255]
+
+
+def test_sampling_from_the_voxels_around_a_grid_equals_sampling_the_whole_volume(phantom) -> None:
+    """sample() hands SimpleITK only the original voxels near the grid; the values are those
+    of resampling the whole volume, for a grid over part of it and one over all of it."""
+    import SimpleITK as sitk
+
+    from inference.io import volume_to_image
+
+    volume = phantom.volume
+    labels = (phantom.right * 1 + phantom.left * 2).astype(np.uint8)
+    part = box_grid(volume, bounding_box(labels), SLICE_MM, 48, 64)
+    for grid in (part, whole_grid(volume, 2.0, 2.5, 16)):
+        for array, is_labels, default in ((None, False, -1024.0), (labels, True, 0.0)):
+            source = volume_to_image(volume, array)
+            if not is_labels:
+                source = sitk.Cast(source, sitk.sitkFloat32)
+            interpolator = sitk.sitkNearestNeighbor if is_labels else sitk.sitkLinear
+            whole = sitk.GetArrayFromImage(sitk.Resample(source, grid.reference(), sitk.Transform(), interpolator, default))
+            np.testing.assert_array_equal(sample(volume, grid, array, labels=is_labels), whole)
