@@ -70,7 +70,7 @@ def analysis_figures(series_dir: Path | None, repeat: int, threads: int | None =
             PhantomSeries().write(series_dir)
         paths = sorted(p for p in series_dir.rglob("*") if p.is_file() and p.suffix != ".xml")
         load_started = time.perf_counter()
-        analyzer = Analyzer(AnalysisOptions(threads=threads, device=device))
+        analyzer = Analyzer(AnalysisOptions(threads=threads, device=device, keep_cam=False))  # as the node runs it
         load_s = time.perf_counter() - load_started
         destination = StoreSCP(work / "received", aet="RESULTS")
         try:

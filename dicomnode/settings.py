@@ -177,6 +177,7 @@ class AnalysisSettings:
             threads=self.threads or None,
             device=self.device,
             weights_dir=self.weights_dir if self.weights_dir is not None else SHIPPED_WEIGHTS,
+            keep_cam=False,  # the node's results hold no CAM
         )
 
 

@@ -109,7 +109,7 @@ class Analyzer:
             if classification.positive:  # lesions are reported for positive calls only
                 found = localize(cam, prepared.hu, prepared.lungs, self.options.min_lesion_score, prepared.grid.voxel_ml)
                 lesion_labels, lesions = _lesions_on_original(volume, labels, prepared, found)
-            cam_original = to_original_uint8(volume, prepared.grid, cam)
+            cam_original = to_original_uint8(volume, prepared.grid, cam) if self.options.keep_cam else None
         logger.info(
             "COVID-19 probability %.3f (%s at %.2f), %d lesions, lungs %.0f ml",
             probability,

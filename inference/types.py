@@ -125,7 +125,8 @@ class Findings:
     - ``not_assessable``: the reason no probability is given (no plausible pair of lungs,
       lungs cut off, too few slices), else None;
     - ``lesion_labels``: uint8 map like ``lung_labels``, value ``i`` for ``lesions[i-1]``;
-    - ``cam``: the class activation map on the input grid, uint8 (0..255 for 0..1).
+    - ``cam``: the class activation map on the input grid, uint8 (0..255 for 0..1); None also
+      when the analysis was asked not to keep it (``AnalysisOptions.keep_cam``).
     """
 
     lung_labels: np.ndarray

@@ -154,8 +154,8 @@ def test_analysis_defaults_use_the_shipped_weights() -> None:
     settings = load_settings()
     assert settings.analysis == AnalysisSettings()
     assert settings.analysis.options() == AnalysisOptions(
-        threshold=0.5, min_lesion_score=0.3, threads=None, device="auto", weights_dir=SHIPPED_WEIGHTS
-    )
+        threshold=0.5, min_lesion_score=0.3, threads=None, device="auto", weights_dir=SHIPPED_WEIGHTS, keep_cam=False
+    )  # the node writes no CAM
 
 
 def test_analysis_settings_become_analysis_options() -> None:
@@ -171,7 +171,7 @@ def test_analysis_settings_become_analysis_options() -> None:
         }
     )
     assert settings.analysis.options() == AnalysisOptions(
-        threshold=0.7, min_lesion_score=0.0, threads=4, device="cpu", weights_dir=Path.cwd() / "site-weights"
+        threshold=0.7, min_lesion_score=0.0, threads=4, device="cpu", weights_dir=Path.cwd() / "site-weights", keep_cam=False
     )
 
 

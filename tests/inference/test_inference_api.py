@@ -56,6 +56,14 @@ def test_a_probability_and_a_cam_come_with_the_findings(phantom, findings: infer
     assert not findings.cam[:, :5, :].any()
 
 
+
+def test_without_keep_cam_the_findings_are_the_same_less_the_cam(phantom, findings: inference.Findings) -> None:
+    """The node's setting: no CAM on the original slices, everything else unchanged."""
+    lean = api.Analyzer(AnalysisOptions(keep_cam=False)).analyze(phantom.volume)
+    assert lean.cam is None and findings.cam is not None
+    assert lean.classification == findings.classification and lean.lesions == findings.lesions
+    np.testing.assert_array_equal(lean.lung_labels, findings.lung_labels)
+
 def test_algorithm_identity(findings: inference.Findings) -> None:
     assert findings.algorithm_name == "DeCoVNet"
     assert findings.algorithm_version.startswith(package_version() + "+")
