@@ -107,15 +107,16 @@ class _Slice:
 
 @dataclass(frozen=True)
 class DecodedSlice:
-    """One file read ahead of its volume (:func:`read_slice`): its checked header and its HU plane."""
+    """One file read ahead of its volume (:func:`read_slice`): its checked header and its HU
+    plane (float32, or any dtype that holds the plane's values exactly)."""
 
     header: Dataset
     hu: np.ndarray
 
 
 def read_slice(path: Path) -> DecodedSlice:
-    """Read and decode one file as :func:`build_volume` does, for reading a series ahead while
-    it is still arriving (:mod:`dicomnode.jobs.prefetch`). Raises :class:`VolumeError`."""
+    """Read and decode one file as :func:`build_volume` does, for reading a series ahead during
+    its quiet period (:mod:`dicomnode.jobs.prefetch`). Raises :class:`VolumeError`."""
     header = _read_header(path)
     rows, columns = _number(header, "Rows", 0, int), _number(header, "Columns", 0, int)
     hu = np.empty((rows, columns), dtype=np.float32)

@@ -130,7 +130,8 @@ class Worker:
             except Exception:
                 logger.exception("worker round failed; retrying")
                 job = None
-            if job is None and idle > 0:
+            if job is not None:
+                if delivered is not None:
+                    delivered.ring()
+            elif idle > 0:
                 wait(idle)
-            elif delivered is not None:
-                delivered.ring()
