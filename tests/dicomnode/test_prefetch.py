@@ -15,6 +15,7 @@ from dicomnode.jobs.prefetch import BATCH, SETTLE_SECONDS, Prefetcher
 from dicomnode.jobs.worker import Worker
 from dicomnode.node import State
 from dicomnode.settings import Settings
+from dicomnode.spool import InstanceIndex, Spool
 from dicomnode.volume import DecodedSlice, build_volume
 from factories import PhantomSeries
 from receivers import store_series
@@ -104,7 +105,9 @@ def test_memory_is_bounded(tmp_path: Path) -> None:
 class CountingPrefetcher(Prefetcher):
     """Records how many slices each job took."""
 
-    taken: list[int] = []
+    def __init__(self, index: InstanceIndex, spool: Spool) -> None:
+        super().__init__(index, spool)
+        self.taken: list[int] = []
 
     def take(self, paths: Sequence[Path]) -> dict[Path, DecodedSlice]:
         decoded = super().take(paths)
