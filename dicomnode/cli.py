@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dicomnode import __version__
+from dicomnode.memory import limit_malloc_arenas
 from dicomnode.settings import ConfigError, Destination, DicomDestination, Settings, load_settings, with_overrides
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    limit_malloc_arenas()  # before any thread starts (dicomnode.memory says why)
     from dicomnode.node import Node
     from dicomnode.pipeline import AnalysisUnavailable
 

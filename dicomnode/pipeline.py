@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,14 +95,20 @@ def describe_summary(summary: dict[str, Any] | None) -> str:
 
 
 def analyse_series(
-    paths: Sequence[Path], settings: Settings, analyze: Analyze, decoded: Mapping[Path, DecodedSlice] | None = None
+    paths: Sequence[Path], settings: Settings, analyze: Analyze, decoded: dict[Path, DecodedSlice] | None = None
 ) -> SeriesResult:
     """Files of one series -> volume -> findings -> what the destinations want: SEG + SR (the SR
     alone for a scan without lungs, which the analysis reports as not assessable), key images.
-    ``decoded``: files already read ahead (:mod:`dicomnode.jobs.prefetch`).
+    ``decoded``: files already read ahead (:mod:`dicomnode.jobs.prefetch`); it is emptied once
+    the volume is built, so that its planes (as large as the volume) are not held through the
+    analysis by whoever passed them.
 
     Raises ``VolumeError`` or ``EncodingError`` for input that can never be analysed.
     """
-    series = build_volume(paths, decoded)
+    try:
+        series = build_volume(paths, decoded)
+    finally:
+        if decoded is not None:
+            decoded.clear()
     findings = analyze(series.volume)
     return SeriesResult(objects=encode_for_destinations(series, findings, settings), summary=summarize(findings))

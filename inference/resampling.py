@@ -113,12 +113,10 @@ def sample(volume: CTVolume, grid: SampleGrid, array: np.ndarray | None = None, 
         sitk.GetImageFromArray(values[box]), volume.spacing, VoxelGrid.of(volume).cropped(box).origin, volume.direction
     )
     if labels:
-        interpolator = sitk.sitkNearestNeighbor
+        interpolator, pixel_type = sitk.sitkNearestNeighbor, sitk.sitkUnknown  # the labels' own type
     else:
-        interpolator = sitk.sitkLinear
-        if source.GetPixelID() != sitk.sitkFloat32:  # a cast of a float32 image is a copy of the volume
-            source = sitk.Cast(source, sitk.sitkFloat32)
-    out = sitk.Resample(source, grid.reference(), sitk.Transform(), interpolator, default)
+        interpolator, pixel_type = sitk.sitkLinear, sitk.sitkFloat32  # interpolated in double either way
+    out = sitk.Resample(source, grid.reference(), sitk.Transform(), interpolator, default, pixel_type)
     return sitk.GetArrayFromImage(out)
 
 

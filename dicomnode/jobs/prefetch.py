@@ -11,9 +11,8 @@ for :data:`SETTLE_SECONDS`, a batch at a time, and the job takes them with :meth
 - A slice is used only if its file is unchanged since it was read (inode, size, modification
   time); anything else, and every file that could not be read, is read again by the job,
   which then reports what is wrong exactly as without read-ahead.
-- Memory is bounded (:data:`BUDGET_BYTES`); planes are kept as 16-bit integers when that
-  holds their HU exactly (CT: always), half the volume they will become. Slices of series
-  that no job took are dropped after :data:`FORGET_SECONDS`.
+- Memory is bounded (:data:`BUDGET_BYTES`); planes are 16-bit HU, as in the volume they
+  become. Slices of series that no job took are dropped after :data:`FORGET_SECONDS`.
 
 Everything runs in the worker's thread: no locks.
 """
@@ -26,8 +25,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import numpy as np
 
 from dicomnode.settings import CT_IMAGE_STORAGE
 from dicomnode.spool import InstanceIndex, Spool
@@ -111,9 +108,6 @@ def _read(path: Path, now: float) -> _Entry:
     except (VolumeError, OSError, MemoryError) as error:
         logger.debug("%s not read ahead: %s", path, error)
         return _Entry(stamp, None, now)
-    compact = decoded.hu.astype(np.int16)
-    if np.array_equal(compact, decoded.hu):
-        decoded = DecodedSlice(decoded.header, compact)
     return _Entry(stamp, decoded, now)
 
 

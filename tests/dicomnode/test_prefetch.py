@@ -62,7 +62,7 @@ def test_a_settled_series_is_read_ahead_and_taken_once(tmp_path: Path) -> None:
     paths = spool_paths(state)
     taken = prefetcher.take(paths)
     assert set(taken) == set(paths)
-    assert all(slice_.hu.dtype == np.int16 for slice_ in taken.values())  # CT HU are integers: kept compact
+    assert all(slice_.hu.dtype == np.int16 for slice_ in taken.values())  # as the volume holds them
     np.testing.assert_array_equal(build_volume(paths, taken).volume.hu, build_volume(paths).volume.hu)
     assert prefetcher.take(paths) == {}  # taken once
 
@@ -103,15 +103,17 @@ def test_memory_is_bounded(tmp_path: Path) -> None:
 
 
 class CountingPrefetcher(Prefetcher):
-    """Records how many slices each job took."""
+    """Records how many slices each job took, and what it handed out."""
 
     def __init__(self, index: InstanceIndex, spool: Spool) -> None:
         super().__init__(index, spool)
         self.taken: list[int] = []
+        self.handed_out: list[dict[Path, DecodedSlice]] = []
 
     def take(self, paths: Sequence[Path]) -> dict[Path, DecodedSlice]:
         decoded = super().take(paths)
         self.taken.append(len(decoded))
+        self.handed_out.append(decoded)
         return decoded
 
 
@@ -122,6 +124,8 @@ def test_the_worker_reads_ahead_when_idle_and_its_job_uses_the_slices(tmp_path: 
     volumes: list[CTVolume] = []
 
     def analysis(volume: CTVolume) -> Findings:
+        # The planes read ahead are let go once the volume is built: not held through the analysis.
+        assert prefetcher.handed_out and not any(prefetcher.handed_out)
         volumes.append(volume)
         return analyze(volume)
 

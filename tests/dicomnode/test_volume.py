@@ -63,7 +63,7 @@ def test_shuffled_files_sort_along_the_normal(tmp_path: Path) -> None:
     # The factory writes slice 0 most cranial (z decreasing); the normal of IOP [1,0,0,0,1,0]
     # points to the head (+z), so the volume starts at the most caudal slice.
     np.testing.assert_array_equal(volume.hu, expected_hu(phantom)[::-1])
-    assert volume.hu.dtype == np.float32
+    assert volume.hu.dtype == np.int16  # half of float32; CT HU are whole numbers
     assert volume.spacing == pytest.approx((4.0, 4.0, 5.0))
     assert volume.origin == pytest.approx((-192.0, -192.0, -195.0))
     np.testing.assert_allclose(volume.direction, np.eye(3))
@@ -234,7 +234,8 @@ def test_truncated_compressed_pixel_data_names_the_file(tmp_path: Path) -> None:
 
 
 def test_rescale_is_applied_per_slice(tmp_path: Path) -> None:
-    """Odd slices stored at half-HU resolution with another slope and intercept."""
+    """Odd slices stored at half-HU resolution with another slope and intercept: rescaled, then
+    rounded to whole HU (half-way values to even, as numpy rounds)."""
     phantom = PhantomSeries(slices=6)
     hu = phantom.hu()
 
@@ -246,7 +247,23 @@ def test_rescale_is_applied_per_slice(tmp_path: Path) -> None:
     series = build_volume(write(modified(phantom, rescaled), tmp_path))
     result = series.volume.hu[::-1]  # slice 0 of the phantom is the last along the normal
     np.testing.assert_array_equal(result[0::2], expected_hu(phantom)[0::2])
-    np.testing.assert_array_equal(result[1::2], np.round((hu[1::2] + 2048) * 2) * 0.5 - 2048)
+    halves = np.round((hu[1::2] + 2048) * 2) * 0.5 - 2048
+    assert np.any(halves % 1)  # the test has fractional HU to round
+    np.testing.assert_array_equal(result[1::2], np.round(halves))
+
+
+def test_hu_beyond_the_int16_range_are_clipped(tmp_path: Path) -> None:
+    """A slope that takes stored values past 32767 HU (no CT does) clips them, rather than
+    wrapping a bright voxel round to air."""
+    phantom = PhantomSeries(slices=3, rows=16, columns=16)
+
+    def bright(index: int, ds: Dataset) -> None:
+        ds.RescaleSlope, ds.RescaleIntercept = 10, 0
+        set_stored(ds, np.full((16, 16), 4000))
+
+    hu = build_volume(write(modified(phantom, bright), tmp_path)).volume.hu
+    assert hu.dtype == np.int16
+    assert np.all(hu == 32767)
 
 
 def padded_phantom(padding: int, written_as_unsigned: bool) -> list[Dataset]:
@@ -324,7 +341,7 @@ def test_transfer_syntaxes_build_identically(
 def test_memory_stays_near_one_volume(tmp_path: Path) -> None:
     """Slices decode one at a time into the preallocated array: the peak stays below two volumes."""
     paths = PhantomSeries(slices=60, rows=256, columns=256).write(tmp_path)
-    volume_bytes = 60 * 256 * 256 * 4
+    volume_bytes = 60 * 256 * 256 * 2  # int16 HU
     tracemalloc.start()
     try:
         series = build_volume(paths)
@@ -363,8 +380,9 @@ def test_real_series(folder: str, slices: int, spacing: tuple[float, float, floa
     # One slice against pydicom's own decode and modality LUT.
     reference = pydicom.dcmread(paths[len(paths) // 2])
     index = [ds.SOPInstanceUID for ds in series.datasets].index(reference.SOPInstanceUID or reference.file_meta.MediaStorageSOPInstanceUID)
-    expected = apply_modality_lut(reference.pixel_array, reference).astype(np.float32)
+    expected = apply_modality_lut(reference.pixel_array, reference)
     expected[expected <= -2000] = AIR_HU
+    assert np.all(expected % 1 == 0)  # whole HU: the int16 volume holds them exactly
     np.testing.assert_array_equal(volume.hu[index], expected)
     assert -1100 <= volume.hu.min() and volume.hu.max() < 4000
 
