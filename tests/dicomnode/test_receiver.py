@@ -18,7 +18,7 @@ from conftest import SHARED_DATA, require_path
 from dicomnode.settings import CT_IMAGE_STORAGE, StorageSettings
 from dicomnode.status import Status
 from factories import PhantomSeries
-from peers import storescu
+from peers import storescu, wait_until
 from receivers import RunningReceiver
 from receivers import start_in_process as _start
 
@@ -143,7 +143,8 @@ def test_unknown_calling_ae_is_rejected_and_the_node_serves_on(tmp_path: Path, p
             refused = storescu(phantom_dir, running.settings.ae_title, running.settings.port, calling="INTRUDER", check=False)
         assert refused.returncode != 0
         assert "Calling AE Title Not Recognized" in refused.stderr or "calling AE title not recognized" in refused.stderr.lower()
-        assert "association from INTRUDER" in caplog.text and "rejected" in caplog.text
+        # The node logs after it has sent the rejection: storescu may have exited before that line.
+        wait_until(lambda: "association from INTRUDER" in caplog.text and "rejected" in caplog.text, 10, what="the rejection logged")
         assert running.indexed() == 0
         storescu(phantom_dir, running.settings.ae_title, running.settings.port, calling="SCANNER1")
         assert running.indexed() == 40
