@@ -13,6 +13,8 @@ class Status(enum.IntEnum):
     CANNOT_UNDERSTAND = 0xC210
     #: Refused: SOP class not supported.
     SOP_CLASS_NOT_SUPPORTED = 0x0122
+    #: Failure: unrecognised operation (a DIMSE service other than C-ECHO and C-STORE).
+    UNRECOGNIZED_OPERATION = 0x0211
     #: Failure: processing failure (an unexpected error inside the node).
     PROCESSING_FAILURE = 0x0110
 

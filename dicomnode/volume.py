@@ -208,7 +208,7 @@ def _fill_from_file_meta(path: Path, header: Dataset) -> None:
         value = str(getattr(file_meta, meta_keyword, "") or "")
         if not header.get(keyword) and value:
             logger.warning("%s: %s is empty; using the file meta's %s", path, keyword, value)
-            setattr(header, keyword, value)
+            header.add_new(keyword, "UI", value)  # as a UI: the empty element may have been sent with another VR
 
 
 def _common_grid(headers: Sequence[tuple[Path, Dataset]]) -> _Grid:

@@ -19,7 +19,8 @@ from conftest import free_port
 from dicomnode.db import Database
 from dicomnode.layout import StateLayout
 from dicomnode.net.receiver import StoreReceiver
-from dicomnode.net.scp import NodeServer, start_receiver
+from dicomnode.net.scp import start_receiver
+from dicomnode.net.server import AssociationServer
 from dicomnode.settings import NodeSettings, StorageSettings
 from dicomnode.spool import InstanceIndex, Spool
 from dicomnode.status import Status
@@ -43,7 +44,7 @@ class RunningReceiver:
         return list(self.layout.temp.iterdir())
 
 
-def start_in_process(tmp_path: Path, min_free_mb: int = 0, **node: Any) -> tuple[RunningReceiver, NodeServer]:
+def start_in_process(tmp_path: Path, min_free_mb: int = 0, **node: Any) -> tuple[RunningReceiver, AssociationServer]:
     """A receiver on a free loopback port, with ``node`` overriding NodeSettings fields, its state
     in its own folder under ``tmp_path``; stop it with ``server.shutdown()``."""
     settings = NodeSettings(**{"ae_title": "TESTNODE", "bind_address": "127.0.0.1", "port": free_port(), **node})

@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -20,9 +21,27 @@ from dicomnode.status import Status
 
 logger = logging.getLogger(__name__)
 
+#: The length field of an element whose value's end is marked by a delimiter (encapsulated pixels).
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+#: What :func:`pixel_data_problem` reads besides Pixel Data.
+PIXEL_DESCRIPTION_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated")
+
+
+def pixel_data_length(dataset: Dataset) -> int:
+    """The length of Pixel Data's value, without reading a value that was deferred."""
+    element = dataset.get_item("PixelData", keep_deferred=True)
+    if isinstance(element, RawDataElement):
+        return 0 if element.length == UNDEFINED_LENGTH else element.length
+    return len(element.value or b"")  # an empty element's value is None
+
 
 def pixel_data_problem(dataset: Dataset) -> str | None:
-    """Why an image's pixel data cannot be right, judged from lengths alone (no decoding)."""
+    """Why an image's pixel data cannot be right, judged from lengths alone (no decoding).
+
+    The data set may hold Pixel Data deferred (read with ``defer_size``): its length is
+    known without its value."""
     if "PixelData" not in dataset:
         return "the image has no Pixel Data"
     transfer_syntax = UID(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
@@ -39,7 +58,7 @@ def pixel_data_problem(dataset: Dataset) -> str | None:
         )
     except (AttributeError, TypeError, ValueError, OverflowError) as error:
         return f"the image pixel description is incomplete: {error}"
-    actual = len(dataset.PixelData or b"")  # an empty element's value is None
+    actual = pixel_data_length(dataset)
     if actual < expected:
         return f"Pixel Data is truncated: {actual} bytes where Rows x Columns x frames needs {expected}"
     return None

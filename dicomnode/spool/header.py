@@ -77,6 +77,24 @@ def _optional_number(ds: Dataset, keyword: str, kind: type) -> float | int | Non
         raise HeaderError(f"{keyword} is not numeric: {value!r}") from None
 
 
+#: Every attribute :func:`read_header` reads: the receiver parses only these of a data set.
+HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "ImageType",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+)
+
+
 def read_header(ds: Dataset) -> InstanceHeader:
     """Extract the header of a dataset; raise :class:`HeaderError` when a UID is missing."""
     image_type = ds.get("ImageType") or ()
