@@ -198,6 +198,8 @@ def latency_figures(
         "last_ack_to_results_s": round(latency, 2),
         "last_ack_to_results_minus_quiet_s": round(latency - quiet, 2),
         "node_peak_mib": round(max(run["node_peak_mib"] for run in runs)),
+        "node_peak_mib_median": round(statistics.median(run["node_peak_mib"] for run in runs)),
+        "runs": repeat,
     }
 
 

@@ -7,7 +7,8 @@
 2. end-to-end: the shared RICORD series (JPEG lossless, 255 slices) through the node to a
    storescp destination, last acknowledgement -> SEG + SR, the quiet period shown apart;
 3. analysis per stage on that series, models warm (CPU; CUDA too where torch sees a GPU);
-4. memory: the node's peak resident memory receiving and analysing a 600-slice series.
+4. memory: the node's peak resident memory receiving and analysing a 600-slice series (the
+   median and the highest of the runs' peaks).
 Medians of --repeat runs. Figures, not assertions (see bench/receive.py, bench/analyze.py).
 """
 
@@ -46,7 +47,7 @@ def run(quick: bool, repeat: int) -> dict[str, object]:
         if torch.cuda.is_available():
             figures["analysis_cuda"] = analysis_figures(None if quick else DEFAULT_SERIES, repeat, device="cuda")
         (large,) = write_series(work, 1, 60 if quick else 600, 128 if quick else 512)
-        figures["memory"] = latency_figures(large, work, 2.0, 1)
+        figures["memory"] = latency_figures(large, work, 2.0, repeat)
     return figures
 
 
@@ -77,8 +78,9 @@ def table(figures: dict) -> str:
         lines.append("analysis on cuda: not measured (torch sees no GPU on this machine)")
     memory = figures["memory"]
     lines.append(
-        f"memory: {memory['instances']}-slice series received and analysed, node peak {memory['node_peak_mib']} MiB"
-        f" (results {memory['last_ack_to_results_minus_quiet_s']} s after the quiet period)"
+        f"memory: {memory['instances']}-slice series received and analysed, node peak {memory['node_peak_mib_median']} MiB"
+        f" (median of {memory['runs']} runs, highest {memory['node_peak_mib']}; results"
+        f" {memory['last_ack_to_results_minus_quiet_s']} s after the quiet period)"
     )
     return "\n".join(lines)
 

@@ -157,7 +157,7 @@ class Association:
             if kind != pdu.ASSOCIATE_RQ:
                 raise pdu.PduError(f"a PDU of type 0x{kind:02x} where an A-ASSOCIATE-RQ was due", pdu.PduError.UNEXPECTED_PDU)
             request = pdu.parse_associate_rq(body)
-        except (pdu.PeerClosed, TimeoutError, ConnectionError) as error:
+        except OSError as error:  # closed, reset, timed out, or a TLS error
             logger.debug("connection from %s:%s ended before an association: %s", *self.address[:2], error)
             return
         except pdu.PduError as error:
@@ -183,17 +183,20 @@ class Association:
         ac = pdu.associate_ac(request, answers, self.policy.max_pdu_bytes, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
         if not self._send(ac):
             return
-        logger.info("association from %s accepted (%d of %d contexts)", self.peer(), len(accepted), len(answers))
+        logger.info(
+            "association from %s accepted (%d of %d contexts; implementation %s)",
+            self.peer(), len(accepted), len(answers), request.implementation_class_uid or "not named",
+        )
         try:
             ended = self._messages(accepted)
-        except (pdu.PeerClosed, ConnectionError) as error:
-            logger.warning("association from %s aborted: the connection was lost (%s)", self.peer(), error)
-            return
         except TimeoutError:
             logger.warning(
                 "association from %s aborted: nothing received for %g s", self.peer(), self.policy.network_timeout_seconds
             )
             self._send(pdu.abort())
+            return
+        except OSError as error:  # closed, reset, or a TLS error
+            logger.warning("association from %s aborted: the connection was lost (%s)", self.peer(), error)
             return
         except (pdu.PduError, CommandError) as error:
             logger.warning("association from %s aborted: %s", self.peer(), error)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ASSOCIATE_RQ, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA_TF, RELEASE_RQ, RELEASE_RP, ABORT = range(1, 8)
 
@@ -94,9 +94,8 @@ class AssociateRequest:
     calling_ae: str
     application_context: str
     contexts: tuple[ProposedContext, ...]
-    #: The largest P-DATA-TF the requestor accepts (0: no limit).
-    max_pdu_bytes: int = 0
-    implementation_class_uid: str = field(default="")
+    #: Which software the requestor is (for the log).
+    implementation_class_uid: str = ""
 
 
 def _uid(value: bytes | bytearray) -> str:
@@ -150,7 +149,7 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
     if len(body) < 68:
         raise PduError(f"an A-ASSOCIATE-RQ of {len(body)} bytes is shorter than its fixed fields")
     (version,) = struct.unpack_from(">H", body, 0)
-    application_context, contexts, max_pdu, implementation, user_information = "", [], 0, "", False
+    application_context, contexts, implementation, user_information = "", [], "", False
     for kind, value in _items(body, 68, len(body)):
         if kind == 0x10:
             application_context = _uid(value)
@@ -159,14 +158,14 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
         elif kind == 0x50:
             user_information = True
             for sub_kind, sub in _items(value, 0, len(value)):
-                if sub_kind == 0x51:
-                    if len(sub) != 4:
-                        raise PduError("a maximum length sub-item that is not 4 bytes")
-                    (max_pdu,) = struct.unpack(">L", sub)
-                elif sub_kind == 0x52:
+                if sub_kind == 0x51 and len(sub) != 4:
+                    raise PduError("a maximum length sub-item that is not 4 bytes")
+                if sub_kind == 0x52:
                     implementation = _uid(sub)
-                # Other sub-items (version name, asynchronous operations, role selection,
-                # extended negotiation, user identity) go unanswered: the defaults apply.
+                # The requestor's maximum length does not matter: the node's answers are a
+                # few hundred bytes. Other sub-items (version name, asynchronous operations,
+                # role selection, extended negotiation, user identity) go unanswered: the
+                # defaults apply.
         else:
             raise PduError(f"item 0x{kind:02x} in an A-ASSOCIATE-RQ")
     if not application_context or not user_information:
@@ -177,7 +176,6 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
         calling_ae=_ae_title(body[20:36]),
         application_context=application_context,
         contexts=tuple(contexts),
-        max_pdu_bytes=max_pdu,
         implementation_class_uid=implementation,
     )
 
