@@ -21,6 +21,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 from pynetdicom import AE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_AC
+from pynetdicom.pdu_primitives import (
+    AsynchronousOperationsWindowNegotiation,
+    SCP_SCU_RoleSelectionNegotiation,
+    UserIdentityNegotiation,
+)
 
 from dicomnode.net.part10 import IMPLEMENTATION_CLASS_UID
 from dicomnode.net.server import AssociationServer
@@ -150,3 +155,27 @@ def test_stopping_aborts_open_associations(tmp_path: Path) -> None:
     wait_until(lambda: not held.is_established, 10, what="the peer to see its association end")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", running.settings.port), timeout=2)
+
+
+def test_extended_negotiation_proposals_are_tolerated(node: tuple[RunningReceiver, AssociationServer], phantom_dir: Path) -> None:
+    """Role selection, an asynchronous operations window and a user identity go unanswered
+    (PS3.7 D.3.3: the defaults apply); the association serves as any other."""
+    running, _ = node
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid, role.scu_role, role.scp_role = CTImageStorage, True, False
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = window.maximum_number_operations_performed = 4
+    identity = UserIdentityNegotiation()
+    identity.user_identity_type, identity.primary_field = 1, b"radiographer"
+    ae = AE(ae_title="EXTNEG")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    association = ae.associate(
+        "127.0.0.1", running.settings.port, ae_title=running.settings.ae_title, ext_neg=[role, window, identity]
+    )
+    assert association.is_established
+    try:
+        status = association.send_c_store(pydicom.dcmread(next(phantom_dir.glob("*.dcm"))))
+        assert int(status.Status) == Status.SUCCESS
+    finally:
+        association.release()
+    assert running.indexed() == 1
