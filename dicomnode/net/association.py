@@ -77,15 +77,15 @@ class AcceptorPolicy:
         """The answer to each proposed presentation context."""
         answers = []
         for context in request.contexts:
-            first = context.transfer_syntaxes[0]
+            accepted = next((ts for ts in context.transfer_syntaxes if ts in self.transfer_syntaxes), None)
             if context.abstract_syntax not in self.abstract_syntaxes:
-                answers.append(pdu.ContextAnswer(context.context_id, pdu.ContextAnswer.ABSTRACT_SYNTAX_NOT_SUPPORTED, first))
-                continue
-            accepted = [ts for ts in context.transfer_syntaxes if ts in self.transfer_syntaxes]
-            if accepted:
-                answers.append(pdu.ContextAnswer(context.context_id, pdu.ContextAnswer.ACCEPTED, accepted[0]))
+                result = pdu.ContextAnswer.ABSTRACT_SYNTAX_NOT_SUPPORTED
+            elif accepted is None:
+                result = pdu.ContextAnswer.TRANSFER_SYNTAXES_NOT_SUPPORTED
             else:
-                answers.append(pdu.ContextAnswer(context.context_id, pdu.ContextAnswer.TRANSFER_SYNTAXES_NOT_SUPPORTED, first))
+                result = pdu.ContextAnswer.ACCEPTED
+            transfer_syntax = accepted if result == pdu.ContextAnswer.ACCEPTED else context.transfer_syntaxes[0]
+            answers.append(pdu.ContextAnswer(context.context_id, result, transfer_syntax))
         return answers
 
 

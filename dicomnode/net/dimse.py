@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from dicomnode.net.part10 import even_padded
+
 C_STORE_RQ, C_ECHO_RQ = 0x0001, 0x0030
 #: A response's command field is its request's with bit 15 set.
 RESPONSE_BIT = 0x8000
@@ -88,11 +90,6 @@ def _element(tag: int, value: bytes) -> bytes:
     return _ELEMENT.pack(tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
-def _ui(uid: str) -> bytes:
-    value = uid.encode("latin-1")
-    return value + b"\0" if len(value) % 2 else value
-
-
 def response(request: Command, status: int) -> bytes:
     """The response command set to ``request`` with ``status`` (no data set follows)."""
     body = _element(_COMMAND_FIELD, struct.pack("<H", request.command_field | RESPONSE_BIT))
@@ -100,7 +97,7 @@ def response(request: Command, status: int) -> bytes:
     body += _element(_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET))
     body += _element(_STATUS, struct.pack("<H", status))
     if request.affected_sop_class:
-        body = _element(_AFFECTED_SOP_CLASS, _ui(request.affected_sop_class)) + body
+        body = _element(_AFFECTED_SOP_CLASS, even_padded(request.affected_sop_class, b"\0")) + body
     if request.affected_sop_instance:
-        body += _element(_AFFECTED_SOP_INSTANCE, _ui(request.affected_sop_instance))
+        body += _element(_AFFECTED_SOP_INSTANCE, even_padded(request.affected_sop_instance, b"\0"))
     return _element(0x00000000, struct.pack("<L", len(body))) + body

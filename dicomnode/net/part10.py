@@ -18,7 +18,8 @@ IMPLEMENTATION_VERSION_NAME = f"DECOVNODE_{__version__}"[:16]
 _PREAMBLE = bytes(128) + b"DICM"
 
 
-def _padded(value: str, pad: bytes) -> bytes:
+def even_padded(value: str, pad: bytes) -> bytes:
+    """``value`` encoded to an even length (PS3.5 7.1.1): UIs pad with NUL, texts with a space."""
     encoded = value.encode("latin-1")
     return encoded + pad if len(encoded) % 2 else encoded
 
@@ -31,12 +32,12 @@ def file_prefix(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
     """Preamble, ``DICM`` and the file meta group; the data set's bytes are appended to it."""
     elements = (
         struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
-        + _short(0x0002, b"UI", _padded(sop_class_uid, b"\0"))
-        + _short(0x0003, b"UI", _padded(sop_instance_uid, b"\0"))
-        + _short(0x0010, b"UI", _padded(transfer_syntax, b"\0"))
-        + _short(0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\0"))
-        + _short(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" "))
-        + _short(0x0016, b"AE", _padded(source_ae, b" "))
+        + _short(0x0002, b"UI", even_padded(sop_class_uid, b"\0"))
+        + _short(0x0003, b"UI", even_padded(sop_instance_uid, b"\0"))
+        + _short(0x0010, b"UI", even_padded(transfer_syntax, b"\0"))
+        + _short(0x0012, b"UI", even_padded(IMPLEMENTATION_CLASS_UID, b"\0"))
+        + _short(0x0013, b"SH", even_padded(IMPLEMENTATION_VERSION_NAME, b" "))
+        + _short(0x0016, b"AE", even_padded(source_ae, b" "))
     )
     group_length = _short(0x0000, b"UL", struct.pack("<L", len(elements)))
     return _PREAMBLE + group_length + elements

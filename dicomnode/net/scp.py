@@ -6,6 +6,7 @@ traceback, and the node keeps serving.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 
@@ -116,7 +117,7 @@ def start_receiver(settings: NodeSettings, receiver: StoreReceiver) -> Associati
     server = AssociationServer(
         listen(settings.bind_address, settings.port),
         acceptor_policy(settings),
-        lambda encoded, command, calling_ae: handle_store(receiver, encoded, command, calling_ae),
+        functools.partial(handle_store, receiver),
         max_associations=settings.max_associations,
         allowed_networks=settings.allowed_peer_addresses,
         ssl_context=context,

@@ -106,8 +106,7 @@ class AssociationServer:
                 connection.close()
                 continue
             thread = threading.Thread(target=self._serve, args=(connection, address[:2]), name=f"Association-{host}", daemon=True)
-            with self._lock:
-                self._live = {t: c for t, c in self._live.items() if t.is_alive()}
+            with self._lock:  # each thread takes itself out when it ends (_serve)
                 self._live[thread] = connection
             thread.start()
 
@@ -115,20 +114,24 @@ class AssociationServer:
         try:
             if self.ssl_context is not None:
                 connection = self._handshake(connection, address)
-            Association(connection, address, self.policy, self.slots, self.store).run()
-        except OSError as error:
-            logger.warning("TLS handshake with %s:%s failed: %s", address[0], address[1], describe(error))
+            if connection is not None:
+                Association(connection, address, self.policy, self.slots, self.store).run()
         finally:
-            connection.close()
             with self._lock:
                 self._live.pop(threading.current_thread(), None)
 
-    def _handshake(self, connection: socket.socket, address: tuple[str, int]) -> ssl.SSLSocket:
-        """The TLS connection, once its handshake succeeded within the network timeout."""
+    def _handshake(self, connection: socket.socket, address: tuple[str, int]) -> ssl.SSLSocket | None:
+        """The TLS connection once its handshake succeeded within the network timeout; None
+        (logged, closed) when it failed."""
         assert self.ssl_context is not None
         wrapped = self.ssl_context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
         with self._lock:  # shutdown() must close the socket that is in use now
             self._live[threading.current_thread()] = wrapped
-        wrapped.settimeout(self.policy.network_timeout_seconds)
-        wrapped.do_handshake()
-        return wrapped
+        try:
+            wrapped.settimeout(self.policy.network_timeout_seconds)
+            wrapped.do_handshake()
+            return wrapped
+        except OSError as error:
+            logger.warning("TLS handshake with %s:%s failed: %s", address[0], address[1], describe(error))
+            wrapped.close()
+            return None

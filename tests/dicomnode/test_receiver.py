@@ -5,6 +5,7 @@ Each bad input gets its status, leaves nothing behind, and the node serves the n
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,10 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from pynetdicom import AE, _config
 
 from conftest import SHARED_DATA, require_path
+from dicomnode.net.receiver import pixel_data_problem
+from dicomnode.net.scp import parse_filed_attributes
 from dicomnode.settings import CT_IMAGE_STORAGE, StorageSettings
+from dicomnode.spool import read_header
 from dicomnode.status import Status
 from factories import PhantomSeries
 from peers import storescu, wait_until
@@ -226,3 +230,19 @@ def test_associations_beyond_the_limit_are_rejected(tmp_path: Path, phantom_dir:
         assert running.indexed() == 40
     finally:
         server.shutdown()
+
+
+def test_the_attributes_parsed_on_arrival_are_all_the_receiver_reads() -> None:
+    """The handler parses only ``FILED_TAGS``: the header and the pixel check it files by must
+    come out as they do from the whole data set (a keyword read but not listed would be None)."""
+    whole, truncated = PhantomSeries(slices=2).datasets()
+    truncated.PixelData = truncated.PixelData[:1000]
+    truncated.SamplesPerPixel, truncated.NumberOfFrames = 1, 1
+    for dataset in (whole, truncated):
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        encoded = buffer.getvalue()
+        full, parsed = pydicom.dcmread(io.BytesIO(encoded)), parse_filed_attributes(encoded)
+        assert read_header(parsed) == read_header(full)
+        assert pixel_data_problem(parsed) == pixel_data_problem(full)
+    assert pixel_data_problem(parse_filed_attributes(encoded)) is not None  # the truncated one is caught
