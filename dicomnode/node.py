@@ -67,6 +67,7 @@ class Node:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server = None
+        self._receiver: StoreReceiver | None = None
         self._doorbells: list[Doorbell] = []
 
     def recover(self) -> None:
@@ -95,8 +96,8 @@ class Node:
             thread = threading.Thread(target=loop, args=(self._stop,), kwargs=doorbells, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        receiver = StoreReceiver(state.spool, state.index, settings.storage.keep_sop_classes)
-        self._server = start_receiver(settings.node, receiver)
+        self._receiver = StoreReceiver(state.spool, state.index, settings.storage.keep_sop_classes)
+        self._server = start_receiver(settings.node, self._receiver)
         destinations = ", ".join(d.name for d in settings.destinations) or "none"
         logger.info("node started: state in %s, destinations: %s", state.layout.root, destinations)
 
@@ -104,11 +105,14 @@ class Node:
         """Stop accepting, let the stages finish their current step, close the state."""
         if self._server is not None:
             self._server.shutdown()
+        if self._receiver is not None:
+            self._receiver.close()
         self._stop.set()
         for doorbell in self._doorbells:
             doorbell.ring()
         for thread in self._threads:
             thread.join(timeout=60)
+        self.state.spool.close()
         self.state.db.close()
         logger.info("node stopped")
 

@@ -23,6 +23,7 @@ from dicomnode.net.scp import start_receiver
 from dicomnode.net.server import AssociationServer
 from dicomnode.settings import NodeSettings, StorageSettings
 from dicomnode.spool import InstanceIndex, Spool
+from dicomnode.spool.staging import AHEAD_PREFIX
 from dicomnode.status import Status
 from factories import PhantomSeries
 
@@ -41,7 +42,15 @@ class RunningReceiver:
         return self.spool.files()
 
     def temporaries(self) -> list[Path]:
-        return list(self.layout.temp.iterdir())
+        return leftover_temporaries(self.layout)
+
+
+def leftover_temporaries(layout: StateLayout) -> list[Path]:
+    """Temporary files holding anything: the empty ones the spool makes ahead of need are not
+    left-overs (a staged instance that was not kept would be one: it holds its bytes)."""
+    return [
+        path for path in layout.temp.iterdir() if not (path.name.startswith(AHEAD_PREFIX) and path.stat().st_size == 0)
+    ]
 
 
 def start_in_process(tmp_path: Path, min_free_mb: int = 0, **node: Any) -> tuple[RunningReceiver, AssociationServer]:
@@ -58,10 +67,13 @@ def start_in_process(tmp_path: Path, min_free_mb: int = 0, **node: Any) -> tuple
 
 
 def store_series(spool: Spool, index: InstanceIndex, series: PhantomSeries, calling_ae: str = "TEST") -> None:
-    """Hand every slice of ``series`` to the receiver as the C-STORE handler does (encoded file
-    bytes and the dataset), without a network in between; each must be stored."""
+    """Hand every slice of ``series`` to the receiver as the C-STORE handler does (the encoded
+    file), without a network in between; each must be stored."""
     receiver = StoreReceiver(spool, index, StorageSettings().keep_sop_classes)
-    for dataset in series.datasets():
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-        assert receiver.store(buffer.getvalue(), dataset, calling_ae) == Status.SUCCESS
+    try:
+        for dataset in series.datasets():
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+            assert receiver.receive(buffer.getvalue(), calling_ae) == Status.SUCCESS
+    finally:
+        receiver.close()

@@ -29,7 +29,7 @@ from dicomnode.settings import DicomDestination, FolderDestination, Settings
 from factories import PhantomSeries
 from figures import record_figures
 from inference import CTVolume, Findings, analyze
-from receivers import store_series
+from receivers import leftover_temporaries, store_series
 from peers import NODE_AET, StoreSCP, echo_ok, storescu, wait_until
 
 FAR_FUTURE = 1e12  # an assembler clock past every quiet period
@@ -95,7 +95,7 @@ def test_a_full_disk_answers_out_of_resources_and_recovers(tmp_path: Path, small
         assert indexed == stored and len(state.spool.files()) == stored
         for relative in state.spool.files():  # every acknowledged file whole
             pydicom.dcmread(state.spool.absolute(relative)).pixel_array
-        assert not list(state.layout.temp.iterdir())  # nothing half-written left
+        assert leftover_temporaries(state.layout) == []  # nothing half-written left
         assert echo_ok(NODE_AET, settings.node.port)
 
         filler.unlink()

@@ -2,21 +2,33 @@
 
 This is the C-STORE handler's whole job. It never decodes pixels, never runs analysis and
 never raises: every outcome is a DIMSE status and a log line.
+
+The instance's bytes go to disk while its attributes are read: the connection's thread makes
+the durable write (one system call, the interpreter lock released), and a helper thread parses
+meanwhile. The other way round would stall: a thread handed the write would wait for the lock
+the parsing thread holds.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from dicomnode.fileio import out_of_space
-from dicomnode.spool import HeaderError, InstanceIndex, OutOfSpace, Spool, read_header
+from dicomnode.net.elements import read_elements
+from dicomnode.spool import HeaderError, InstanceHeader, InstanceIndex, OutOfSpace, Spool, read_header
+from dicomnode.spool.header import HEADER_KEYWORDS
+from dicomnode.spool.staging import StagedFile
 from dicomnode.status import Status
 
 logger = logging.getLogger(__name__)
@@ -27,6 +39,16 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 
 #: What :func:`pixel_data_problem` reads besides Pixel Data.
 PIXEL_DESCRIPTION_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated")
+
+#: The attributes the receiver reads of an instance (its header and its pixel description).
+#: Only these are parsed: a full parse of a scanner's slice (100-300 attributes) cost more
+#: than its durable write. The rest is kept as it was sent, for the volume builder to read.
+FILED_TAGS = frozenset(tag_for_keyword(keyword) for keyword in (*HEADER_KEYWORDS, *PIXEL_DESCRIPTION_KEYWORDS, "PixelData"))
+
+
+def parse_filed_attributes(encoded: bytes) -> Dataset:
+    """The attributes the receiver reads, parsed and converted (a damaged value raises here)."""
+    return read_elements(encoded, FILED_TAGS)
 
 
 def pixel_data_length(dataset: Dataset) -> int:
@@ -64,6 +86,22 @@ def pixel_data_problem(dataset: Dataset) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Examined:
+    """What the receiver needs to know of an instance before it files it."""
+
+    header: InstanceHeader
+    #: Why its pixel data cannot be right (None: nothing wrong seen).
+    pixel_problem: str | None
+
+
+def examine(encoded: bytes) -> Examined:
+    """Parse the filed attributes and check them; raises for a data set that cannot be filed
+    (:class:`HeaderError`, or any error of decoding the peer's bytes)."""
+    dataset = parse_filed_attributes(encoded)
+    return Examined(read_header(dataset), pixel_data_problem(dataset))
+
+
 class StoreReceiver:
     """Files received instances into the spool and the index."""
 
@@ -78,14 +116,37 @@ class StoreReceiver:
         self.index = index
         self.keep_sop_classes = frozenset(keep_sop_classes)
         self.clock = clock
+        self._examiners = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="examine")
 
-    def store(self, encoded: bytes, dataset: Dataset, calling_ae: str) -> Status:
+    def receive(self, encoded: bytes, calling_ae: str) -> Status:
         """Store one instance (``encoded`` is the whole DICOM file) and return the status to answer."""
         try:
-            header = read_header(dataset)
-        except HeaderError as error:
-            logger.warning("refused an instance from %s: %s", calling_ae, error)
-            return Status.CANNOT_UNDERSTAND
+            self.spool.ensure_room(len(encoded))
+        except OutOfSpace as error:
+            logger.error("refused an instance from %s: out of space (%s)", calling_ae, error)
+            return Status.OUT_OF_RESOURCES
+        examining = self._examiners.submit(examine, encoded)
+        staged = self.spool.stage(encoded)  # the examiner runs meanwhile
+        try:
+            try:
+                examined = examining.result()
+            except HeaderError as error:
+                logger.warning("refused an instance from %s: %s", calling_ae, error)
+                return Status.CANNOT_UNDERSTAND
+            except Exception as error:  # any decoding failure of a peer's bytes is "cannot understand"
+                logger.warning("refused an undecodable dataset from %s: %s", calling_ae, error)
+                return Status.CANNOT_UNDERSTAND
+            return self._file(staged, examined, calling_ae)
+        finally:
+            self.spool.done(staged)
+
+    def close(self) -> None:
+        """Stop the examining threads (after the server has stopped calling :meth:`receive`)."""
+        self._examiners.shutdown()
+
+    def _file(self, staged: StagedFile, examined: Examined, calling_ae: str) -> Status:
+        """Keep the staged file and index it, or say why not."""
+        header = examined.header
         if header.sop_class_uid not in self.keep_sop_classes:
             logger.info(
                 "acknowledged and dropped %s %s from %s (SOP class not kept)",
@@ -94,9 +155,8 @@ class StoreReceiver:
                 calling_ae,
             )
             return Status.SUCCESS
-        problem = pixel_data_problem(dataset)
-        if problem is not None:
-            logger.warning("refused instance %s from %s: %s", header.sop_instance_uid, calling_ae, problem)
+        if examined.pixel_problem is not None:
+            logger.warning("refused instance %s from %s: %s", header.sop_instance_uid, calling_ae, examined.pixel_problem)
             return Status.CANNOT_UNDERSTAND
         now = self.clock()
         if self.index.contains(header.sop_instance_uid):
@@ -104,7 +164,7 @@ class StoreReceiver:
             logger.debug("instance %s received again; stored once", header.sop_instance_uid)
             return Status.SUCCESS
         try:
-            relative, size = self.spool.write(header, encoded)
+            relative, size = self.spool.keep(staged, header)
         except OutOfSpace as error:
             logger.error("refused instance %s: out of space (%s)", header.sop_instance_uid, error)
             return Status.OUT_OF_RESOURCES

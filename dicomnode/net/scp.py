@@ -7,12 +7,8 @@ traceback, and the node keeps serving.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 
-import pydicom
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -33,11 +29,10 @@ from pynetdicom.sop_class import Verification
 
 from dicomnode.net.association import AcceptorPolicy
 from dicomnode.net.dimse import Command
-from dicomnode.net.receiver import PIXEL_DESCRIPTION_KEYWORDS, StoreReceiver
+from dicomnode.net.receiver import StoreReceiver
 from dicomnode.net.server import AssociationServer, listen
 from dicomnode.net.tls import server_context
 from dicomnode.settings import NodeSettings
-from dicomnode.spool.header import HEADER_KEYWORDS
 from dicomnode.status import Status
 
 logger = logging.getLogger(__name__)
@@ -76,34 +71,10 @@ def acceptor_policy(settings: NodeSettings) -> AcceptorPolicy:
     )
 
 
-#: The attributes the receiver reads of an instance (its header and its pixel description).
-#: Only these are parsed: a full parse of a scanner's slice (100-300 attributes) cost more
-#: than its durable write. The rest is kept as it was sent, for the volume builder to read.
-FILED_TAGS = [tag_for_keyword(keyword) for keyword in (*HEADER_KEYWORDS, *PIXEL_DESCRIPTION_KEYWORDS, "PixelData")]
-_PIXEL_DATA_TAG = tag_for_keyword("PixelData")
-
-#: Values longer than this are not read when parsing (Pixel Data: only its length is needed).
-DEFER_BYTES = 4096
-
-
-def parse_filed_attributes(encoded: bytes) -> Dataset:
-    """The attributes the receiver reads, parsed and converted (a damaged value raises here)."""
-    dataset = pydicom.dcmread(io.BytesIO(encoded), specific_tags=FILED_TAGS, defer_size=DEFER_BYTES)
-    for tag in list(dataset.keys()):
-        if tag != _PIXEL_DATA_TAG:
-            dataset[tag]  # pydicom converts a value when first read: a damaged one must fail here, not while filing
-    return dataset
-
-
 def handle_store(receiver: StoreReceiver, encoded: bytes, command: Command, calling_ae: str) -> int:
-    """C-STORE: ``encoded`` is the instance as a DICOM file; write it durably before answering success."""
+    """C-STORE: ``encoded`` is the instance as a DICOM file; written durably before success is answered."""
     try:
-        dataset = parse_filed_attributes(encoded)
-    except Exception as error:  # any decoding failure of a peer's bytes is "cannot understand"
-        logger.warning("refused an undecodable dataset from %s: %s", calling_ae, error)
-        return Status.CANNOT_UNDERSTAND
-    try:
-        return receiver.store(encoded, dataset, calling_ae)
+        return receiver.receive(encoded, calling_ae)
     except Exception:
         logger.exception("unexpected error storing an instance from %s", calling_ae)
         return Status.PROCESSING_FAILURE

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
 from pathlib import Path
 
-from dicomnode.fileio import fsync_directory, out_of_space, safe_name, write_atomically
+from dicomnode.fileio import fsync_directory, make_directories, out_of_space, safe_name
 from dicomnode.layout import StateLayout
 from dicomnode.spool.header import InstanceHeader
+from dicomnode.spool.staging import StagedFile, Staging
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +21,19 @@ class OutOfSpace(OSError):
 
 
 class Spool:
-    """Writes instances atomically and refuses them before the disk is full."""
+    """Writes instances durably and atomically, and refuses them before the disk is full.
+
+    Writing is two steps, so that the receiver can read an instance's attributes while its
+    bytes go to disk: :meth:`stage` writes them durably to a temporary file (a name the spool
+    does not know yet), :meth:`keep` moves that file to the instance's place, and
+    :meth:`done` removes one that was not kept. A reader (or a restarted node) sees a whole
+    file or none.
+    """
 
     def __init__(self, layout: StateLayout, min_free_bytes: int) -> None:
         self.layout = layout
         self.min_free_bytes = min_free_bytes
+        self._staging = Staging(layout.temp)
 
     def relative_path(self, header: InstanceHeader) -> Path:
         """Where an instance lives, from sanitised UIDs (no path traversal through a UID)."""
@@ -32,23 +42,45 @@ class Spool:
     def absolute(self, relative: Path | str) -> Path:
         return self.layout.spool / relative
 
-    def write(self, header: InstanceHeader, encoded: bytes) -> tuple[Path, int]:
-        """Write one encoded DICOM file durably; return its relative path and size.
-
-        Raises :class:`OutOfSpace` when the write would cross the free-space floor or the
-        disk fills during it; nothing half-written is left in either case.
-        """
+    def ensure_room(self, size: int) -> None:
+        """Raise :class:`OutOfSpace` if writing ``size`` bytes would cross the free-space floor."""
         free = shutil.disk_usage(self.layout.spool).free
-        if free - len(encoded) < self.min_free_bytes:
+        if free - size < self.min_free_bytes:
             raise OutOfSpace(errno.ENOSPC, f"{free // 2**20} MiB free, floor is {self.min_free_bytes // 2**20} MiB")
+
+    def stage(self, encoded: bytes) -> StagedFile:
+        """Write one encoded DICOM file durably to a temporary file (see :meth:`ensure_room`).
+
+        Never raises for a full disk or a failed write: :meth:`keep` raises it, so that a data
+        set that cannot be understood is refused as such whatever the disk's state."""
+        return self._staging.write(encoded)
+
+    def keep(self, staged: StagedFile, header: InstanceHeader) -> tuple[Path, int]:
+        """Move a staged file to the instance's place in the spool, durably; return its relative
+        path and size.
+
+        Raises :class:`OutOfSpace` when the disk was full when it was staged, the OSError of any
+        other failure (:meth:`done` then removes what was staged)."""
+        if staged.error is not None:
+            if out_of_space(staged.error) is not None:
+                raise OutOfSpace(staged.error.errno, str(staged.error)) from staged.error
+            raise staged.error
+        assert staged.path is not None, "a staged file is kept once"
         relative = self.relative_path(header)
-        try:
-            size = write_atomically(self.absolute(relative), lambda handle: handle.write(encoded), self.layout.temp)
-        except OSError as error:
-            if out_of_space(error) is not None:
-                raise OutOfSpace(error.errno, str(error)) from error
-            raise
-        return relative, size
+        target = self.absolute(relative)
+        make_directories(target.parent)
+        os.replace(staged.path, target)
+        staged.path = None
+        fsync_directory(target.parent)
+        return relative, staged.size
+
+    def done(self, staged: StagedFile) -> None:
+        """Once per staged file, kept or not: removes one that was not kept."""
+        self._staging.done(staged)
+
+    def close(self) -> None:
+        """Stop making temporary files ahead; remove the unused ones."""
+        self._staging.close()
 
     def remove(self, relative: Path | str) -> None:
         """Delete one spool file and the directories it leaves empty."""
@@ -66,8 +98,10 @@ class Spool:
         return [path.relative_to(self.layout.spool) for path in self.layout.spool.glob("*/*/*.dcm")]
 
     def clear_temporaries(self) -> int:
-        """Remove temporary files a killed process left behind; return how many."""
-        leftovers = list(self.layout.temp.glob("*.tmp"))
-        for path in leftovers:
+        """Remove temporary files a killed process left behind; return how many held data (the
+        empty ones made ahead of need are removed without a word)."""
+        written = 0
+        for path in self.layout.temp.glob("*.tmp"):
+            written += path.stat().st_size > 0
             path.unlink(missing_ok=True)
-        return len(leftovers)
+        return written

@@ -46,7 +46,7 @@ class Pipeline:
         for ds in series.datasets()[only]:
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-            assert self.receiver.store(buffer.getvalue(), ds, "TEST") == Status.SUCCESS
+            assert self.receiver.receive(buffer.getvalue(), "TEST") == Status.SUCCESS
             self.clock.now += 0.01
 
     def jobs(self) -> list[dict]:
@@ -181,7 +181,7 @@ def test_the_assembler_submits_when_the_quiet_period_ends_and_rings_the_worker(t
     for ds in PhantomSeries().datasets():
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        assert receiver.store(buffer.getvalue(), ds, "TEST") == Status.SUCCESS
+        assert receiver.receive(buffer.getvalue(), "TEST") == Status.SUCCESS
     assert index.earliest_pending_arrival() is not None
     stop = threading.Event()
     queued = Doorbell(stop)

@@ -16,8 +16,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from pynetdicom import AE, _config
 
 from conftest import SHARED_DATA, require_path
-from dicomnode.net.receiver import pixel_data_problem
-from dicomnode.net.scp import parse_filed_attributes
+from dicomnode.net.receiver import parse_filed_attributes, pixel_data_problem
 from dicomnode.settings import CT_IMAGE_STORAGE, StorageSettings
 from dicomnode.spool import read_header
 from dicomnode.status import Status

@@ -1,0 +1,105 @@
+"""The spool's two-step write: staged durably under a temporary name, then kept under the
+instance's own name or removed; temporary files made ahead of need never count as left-overs."""
+
+from __future__ import annotations
+
+import errno
+import io
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomnode.layout import StateLayout
+from dicomnode.spool import OutOfSpace, Spool, read_header
+from dicomnode.spool.staging import AHEAD_PREFIX, StagedFile
+from factories import PhantomSeries
+from peers import wait_until
+from receivers import leftover_temporaries
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    layout = StateLayout(tmp_path / "state")
+    layout.create()
+    return Spool(layout, min_free_bytes=0)
+
+
+def encoded_slice() -> tuple[bytes, object]:
+    dataset = PhantomSeries(slices=1, rows=16, columns=16).datasets()[0]
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue(), read_header(dataset)
+
+
+def ahead_files(spool: Spool) -> list[Path]:
+    return sorted(spool.layout.temp.glob(AHEAD_PREFIX + "*"))
+
+
+def test_a_kept_instance_is_in_its_place_and_nothing_is_left_over(spool: Spool) -> None:
+    data, header = encoded_slice()
+    staged = spool.stage(data)
+    assert staged.error is None and staged.path is not None and staged.path.read_bytes() == data
+    relative, size = spool.keep(staged, header)
+    spool.done(staged)
+    assert spool.absolute(relative).read_bytes() == data and size == len(data)
+    assert spool.files() == [relative] and leftover_temporaries(spool.layout) == []
+    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="two files made ahead")
+    assert all(path.stat().st_size == 0 for path in ahead_files(spool))
+
+
+def test_files_made_ahead_are_used_and_replaced(spool: Spool) -> None:
+    data, header = encoded_slice()
+    spool.done(spool.stage(data))  # the first write makes its own file, and asks for more
+    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="two files made ahead")
+    ready = set(ahead_files(spool))
+    staged = spool.stage(data)
+    used = staged.path
+    assert used in ready  # written into one made ahead
+    spool.done(staged)
+    assert used is not None and not used.exists()
+    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="the used file replaced")
+
+
+def test_a_staged_instance_not_kept_is_removed(spool: Spool) -> None:
+    data, _ = encoded_slice()
+    staged = spool.stage(data)
+    path = staged.path
+    spool.done(staged)
+    assert path is not None and not path.exists() and leftover_temporaries(spool.layout) == []
+
+
+def test_closing_removes_the_files_made_ahead_and_stops_their_thread(spool: Spool) -> None:
+    data, _ = encoded_slice()
+    spool.done(spool.stage(data))
+    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="two files made ahead")
+    spool.close()
+    assert ahead_files(spool) == []
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("staging") and thread.is_alive()]
+
+
+def test_a_full_disk_at_staging_is_raised_when_kept(spool: Spool) -> None:
+    _, header = encoded_slice()
+    full = StagedFile(None, 0, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(OutOfSpace):
+        spool.keep(full, header)
+    broken = StagedFile(None, 0, OSError(errno.EIO, "Input/output error"))
+    with pytest.raises(OSError) as raised:
+        spool.keep(broken, header)
+    assert not isinstance(raised.value, OutOfSpace)
+
+
+def test_the_free_space_floor_is_checked_before_writing(tmp_path: Path) -> None:
+    layout = StateLayout(tmp_path / "state")
+    layout.create()
+    with pytest.raises(OutOfSpace, match="floor"):
+        Spool(layout, min_free_bytes=2**62).ensure_room(1)
+
+
+def test_start_up_clears_temporaries_and_counts_only_those_holding_data(spool: Spool) -> None:
+    (spool.layout.temp / f"{AHEAD_PREFIX}1-0.tmp").touch()  # made ahead by a process since killed
+    (spool.layout.temp / f"{AHEAD_PREFIX}1-1.tmp").write_bytes(b"half an instance")
+    (spool.layout.temp / ".outbox-file.tmp").write_bytes(b"half a result")
+    assert spool.clear_temporaries() == 2
+    assert list(spool.layout.temp.iterdir()) == []
