@@ -6,7 +6,7 @@ of 224x336 (T varies from scan to scan, so batch size is 1). Output: logits for
 which needs the head's weights chained into one vector per class (:meth:`DeCoVNet.cam`).
 
 BatchNorm normalises each scan with its own statistics, in training and at inference alike
-(:func:`scan_norm`): with batch size 1 the training statistics are one scan's anyway, and
+(:class:`ScanNorm`): with batch size 1 the training statistics are one scan's anyway, and
 running averages of them, which standard BatchNorm uses at inference, describe no scan: a
 scanner whose statistics differ from the training scans' averages shifted every output
 (measured: a clean 8 mm scan called positive at inference that training had told apart from
@@ -61,11 +61,6 @@ class SlicePairMax(nn.Module):
         return torch.maximum(x[:, :, 0 : 2 * pairs : 2], x[:, :, 1 : 2 * pairs : 2])
 
 
-def scan_norm(channels: int) -> ScanNorm:
-    """The normalisation of every DeCoVNet layer (:class:`ScanNorm`)."""
-    return ScanNorm(channels)
-
-
 class Bottleneck3d(nn.Module):
     """Residual bottleneck: 3x1x1 (temporal) -> 1x3x3 (spatial, may stride) -> 1x1x1, with a
     1x1x1 projection shortcut (the channel count always changes here)."""
@@ -75,17 +70,17 @@ class Bottleneck3d(nn.Module):
         stride = (1, spatial_stride, spatial_stride)
         self.residual = nn.Sequential(
             nn.Conv3d(in_channels, inner, (3, 1, 1), padding=(1, 0, 0), bias=False),
-            scan_norm(inner),
+            ScanNorm(inner),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, inner, (1, 3, 3), stride=stride, padding=(0, 1, 1), bias=False),
-            scan_norm(inner),
+            ScanNorm(inner),
             nn.ReLU(inplace=True),
             nn.Conv3d(inner, out_channels, 1, bias=False),
-            scan_norm(out_channels),
+            ScanNorm(out_channels),
         )
         self.shortcut = nn.Sequential(
             nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
-            scan_norm(out_channels),
+            ScanNorm(out_channels),
         )
         self.relu = nn.ReLU(inplace=True)
 
@@ -142,7 +137,7 @@ class DeCoVNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv3d(IN_CHANNELS, 16, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3), bias=False),
-            scan_norm(16),
+            ScanNorm(16),
             nn.ReLU(inplace=True),
             nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
         )
