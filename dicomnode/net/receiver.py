@@ -25,16 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from dicomnode.fileio import out_of_space
-from dicomnode.net.elements import read_elements
+from dicomnode.net.elements import UNDEFINED_LENGTH, read_elements
 from dicomnode.spool import HeaderError, InstanceHeader, InstanceIndex, OutOfSpace, Spool, read_header
 from dicomnode.spool.header import HEADER_KEYWORDS
 from dicomnode.spool.staging import StagedFile
 from dicomnode.status import Status
 
 logger = logging.getLogger(__name__)
-
-#: The length field of an element whose value's end is marked by a delimiter (encapsulated pixels).
-UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 #: What :func:`pixel_data_problem` reads besides Pixel Data.
