@@ -70,13 +70,17 @@ def test_a_staged_instance_not_kept_is_removed(spool: Spool) -> None:
     assert path is not None and not path.exists() and leftover_temporaries(spool.layout) == []
 
 
-def test_closing_removes_the_files_made_ahead_and_stops_their_thread(spool: Spool) -> None:
+def test_closing_removes_the_files_made_ahead_and_stops_their_thread(tmp_path: Path) -> None:
+    others = set(threading.enumerate())  # other tests' spools may still have theirs
+    layout = StateLayout(tmp_path / "state")
+    layout.create()
+    spool = Spool(layout, min_free_bytes=0)
     data, _ = encoded_slice()
     spool.done(spool.stage(data))
     wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="two files made ahead")
     spool.close()
     assert ahead_files(spool) == []
-    assert not [thread for thread in threading.enumerate() if thread.name.startswith("staging") and thread.is_alive()]
+    assert not [thread for thread in set(threading.enumerate()) - others if thread.name.startswith("staging")]
 
 
 def test_a_full_disk_at_staging_is_raised_when_kept(spool: Spool) -> None:
