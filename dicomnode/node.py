@@ -70,18 +70,23 @@ class Node:
         self._receiver: StoreReceiver | None = None
         self._doorbells: list[Doorbell] = []
 
-    def recover(self) -> None:
-        """Carry on after a crash: drop temp files, re-index orphans, resume interrupted jobs."""
+    def recover(self, receiver: StoreReceiver) -> None:
+        """Carry on after a crash: drop temp files, file what was staged, re-index orphans,
+        resume interrupted jobs."""
         state = self.state
         removed = state.spool.clear_temporaries()
         if removed:
             logger.warning("removed %d temporary file(s) left by an earlier process", removed)
+        staged = receiver.recover()
+        if staged:
+            logger.warning("examined again %d instance(s) staged by an earlier process, and filed those the node keeps", staged)
         state.index.reindex_orphans(state.spool, time.time())
         state.queue.resume_interrupted()
 
     def start(self) -> None:
-        self.recover()
         state, settings = self.state, self.settings
+        self._receiver = StoreReceiver(state.spool, state.index, settings.storage.keep_sop_classes)
+        self.recover(self._receiver)
         queued, delivered = Doorbell(self._stop), Doorbell(self._stop)
         self._doorbells = [queued, delivered]
         assembler = Assembler(state.index, state.spool, state.queue, settings)
@@ -96,7 +101,6 @@ class Node:
             thread = threading.Thread(target=loop, args=(self._stop,), kwargs=doorbells, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        self._receiver = StoreReceiver(state.spool, state.index, settings.storage.keep_sop_classes)
         self._server = start_receiver(settings.node, self._receiver)
         destinations = ", ".join(d.name for d in settings.destinations) or "none"
         logger.info("node started: state in %s, destinations: %s", state.layout.root, destinations)

@@ -30,18 +30,24 @@ from factories import PhantomSeries
 
 @dataclasses.dataclass
 class RunningReceiver:
+    """What a test looks at of a running receiver, each once what was acknowledged is filed."""
+
     settings: NodeSettings
     layout: StateLayout
     spool: Spool
     index: InstanceIndex
+    receiver: StoreReceiver
 
     def indexed(self) -> int:
+        self.receiver.settle()
         return self.index.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
 
     def spool_files(self) -> list[Path]:
+        self.receiver.settle()
         return self.spool.files()
 
     def temporaries(self) -> list[Path]:
+        self.receiver.settle()
         return leftover_temporaries(self.layout)
 
 
@@ -62,8 +68,9 @@ def start_in_process(tmp_path: Path, min_free_mb: int = 0, **node: Any) -> tuple
     db = Database(layout.database)
     spool = Spool(layout, min_free_mb * 2**20)
     index = InstanceIndex(db)
-    server = start_receiver(settings, StoreReceiver(spool, index, StorageSettings().keep_sop_classes))
-    return RunningReceiver(settings, layout, spool, index), server
+    receiver = StoreReceiver(spool, index, StorageSettings().keep_sop_classes)
+    server = start_receiver(settings, receiver)
+    return RunningReceiver(settings, layout, spool, index, receiver), server
 
 
 def store_series(spool: Spool, index: InstanceIndex, series: PhantomSeries, calling_ae: str = "TEST") -> None:

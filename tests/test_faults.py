@@ -26,6 +26,7 @@ from dicomnode.net.receiver import StoreReceiver
 from dicomnode.net.scp import start_receiver
 from dicomnode.node import Node, State
 from dicomnode.settings import DicomDestination, FolderDestination, Settings
+from dicomnode.spool.store import INDEX_HEADROOM_BYTES
 from factories import PhantomSeries
 from figures import record_figures
 from inference import CTVolume, Findings, analyze
@@ -86,11 +87,13 @@ def test_a_full_disk_answers_out_of_resources_and_recovers(tmp_path: Path, small
     series = PhantomSeries(seed=11)
     files = series.write(tmp_path / "series")
     try:
-        filler = fill(small_filesystem, leave_bytes=300_000)  # room for a dozen slices and the index
+        # Room for a dozen slices above the headroom kept for the index rows of acknowledged ones.
+        filler = fill(small_filesystem, leave_bytes=300_000 + INDEX_HEADROOM_BYTES)
         result = storescu(files, NODE_AET, settings.node.port, calling="SCANNER", check=False)
         stored = result.stderr.count("Received Store Response (Success)")
         refused = result.stderr.count("Received Store Response (Refused: OutOfResources)")
         assert 0 < stored < len(files) and stored + refused == len(files), result.stderr[-2000:]
+        receiver.settle()
         indexed = state.db.query("SELECT COUNT(*) AS n FROM instances")[0]["n"]
         assert indexed == stored and len(state.spool.files()) == stored
         for relative in state.spool.files():  # every acknowledged file whole
@@ -100,6 +103,7 @@ def test_a_full_disk_answers_out_of_resources_and_recovers(tmp_path: Path, small
 
         filler.unlink()
         storescu(files, NODE_AET, settings.node.port, calling="SCANNER")  # the scanner's resend
+        receiver.settle()
         assert len(state.spool.files()) == len(files)
     finally:
         server.shutdown()

@@ -6,8 +6,11 @@ node a series is complete. The worker calls :meth:`Prefetcher.step` whenever it 
 reads (:func:`dicomnode.volume.read_slice`) the CT files of series that have received nothing
 for :data:`SETTLE_SECONDS`, a batch at a time, and the job takes them with :meth:`take`.
 
-- Only series that have stopped arriving are read: decoding while instances stream in would
-  take the CPU and the GIL from receiving.
+- Only while nothing arrives at all: decoding while instances stream in, of this series or of
+  any other (a study's next series, another scanner), would take the CPU and the GIL from
+  receiving. Three 300-slice series sent one after the other (0.1 s apart) came in at 418-421,
+  174-175 and 82-96 instances/s while the earlier ones were read ahead; 400-437, 333-435 and
+  315-469/s without.
 - A slice is used only if its file is unchanged since it was read (inode, size, modification
   time); anything else, and every file that could not be read, is read again by the job,
   which then reports what is wrong exactly as without read-ahead.
@@ -32,7 +35,7 @@ from dicomnode.volume import DECODE_THREADS, DecodedSlice, VolumeError, read_sli
 
 logger = logging.getLogger(__name__)
 
-#: A series that has received nothing for this long is read ahead.
+#: Series are read ahead once the node has received nothing for this long.
 SETTLE_SECONDS = 0.5
 #: Files read per step: a step is short, so a job that becomes due waits little.
 BATCH = 4 * DECODE_THREADS
@@ -62,9 +65,13 @@ class Prefetcher:
         self._bytes = 0
 
     def step(self, now: float) -> float:
-        """Read up to :data:`BATCH` more files of settled series. Returns when to call again, in
-        seconds: 0 after reading, else when the next series may have settled (inf: none waits)."""
+        """Read up to :data:`BATCH` more files of waiting series, once nothing has arrived for
+        :data:`SETTLE_SECONDS`. Returns when to call again, in seconds: 0 after reading, else when
+        the node may have settled (inf: no series waits, or all are read)."""
         settled_by = now - SETTLE_SECONDS
+        latest = self.index.latest_pending_arrival()
+        if latest is not None and latest > settled_by:
+            return latest - settled_by  # still receiving
         wanted = [self.spool.absolute(path) for path in self.index.settled_pending_paths(settled_by, CT_IMAGE_STORAGE)]
         for path in wanted:
             if path in self._entries:
@@ -78,8 +85,7 @@ class Prefetcher:
                 self._entries[path] = entry
                 self._bytes += _size(entry)
             return 0.0
-        unsettled = self.index.earliest_pending_arrival(after=settled_by)
-        return float("inf") if unsettled is None else max(0.0, unsettled + SETTLE_SECONDS - now)
+        return float("inf")
 
     def take(self, paths: Sequence[Path]) -> dict[Path, DecodedSlice]:
         """The slices of ``paths`` read ahead from files unchanged since; they leave the cache."""

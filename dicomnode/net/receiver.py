@@ -1,4 +1,4 @@
-"""What happens to one received instance: check the minimum, write it durably, index it.
+"""What happens to one received instance: check the minimum, write it durably, have it filed.
 
 This is the C-STORE handler's whole job. It never decodes pixels, never runs analysis and
 never raises: every outcome is a DIMSE status and a log line.
@@ -6,14 +6,17 @@ never raises: every outcome is a DIMSE status and a log line.
 The instance's bytes go to disk while its attributes are read: the connection's thread makes
 the durable write (one system call, the interpreter lock released), and a helper thread parses
 meanwhile. The other way round would stall: a thread handed the write would wait for the lock
-the parsing thread holds.
+the parsing thread holds. Success is answered as soon as both are done: the staged file is
+durable by itself (:mod:`dicomnode.spool.staging`), and the filer
+(:mod:`dicomnode.spool.filing`) moves it into the spool and the index while the peer sends its
+next instance. What a stopped node staged and did not file, the next start files
+(:meth:`StoreReceiver.recover`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +27,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from dicomnode.fileio import out_of_space
 from dicomnode.net.elements import UNDEFINED_LENGTH, read_elements
 from dicomnode.spool import HeaderError, InstanceHeader, InstanceIndex, OutOfSpace, Spool, read_header
+from dicomnode.spool.filing import Filer
 from dicomnode.spool.header import HEADER_KEYWORDS
 from dicomnode.spool.staging import StagedFile
 from dicomnode.status import Status
@@ -100,7 +103,7 @@ def examine(encoded: bytes) -> Examined:
 
 
 class StoreReceiver:
-    """Files received instances into the spool and the index."""
+    """Answers received instances, and hands those it keeps to the filer."""
 
     def __init__(
         self,
@@ -110,13 +113,16 @@ class StoreReceiver:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spool = spool
-        self.index = index
         self.keep_sop_classes = frozenset(keep_sop_classes)
         self.clock = clock
         self._examiners = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="examine")
+        self._filer = Filer(spool, index)
 
     def receive(self, encoded: bytes, calling_ae: str) -> Status:
-        """Store one instance (``encoded`` is the whole DICOM file) and return the status to answer."""
+        """Store one instance (``encoded`` is the whole DICOM file) and return the status to answer.
+
+        Success is answered once the instance is durable, staged under a temporary name; the
+        filer then moves it into the spool and the index (:meth:`settle` waits for that)."""
         try:
             self.spool.ensure_room(len(encoded))
         except OutOfSpace as error:
@@ -125,25 +131,48 @@ class StoreReceiver:
         examining = self._examiners.submit(examine, encoded)
         staged = self.spool.stage(encoded)  # the examiner runs meanwhile
         try:
+            examined = examining.result()
+        except HeaderError as error:
+            logger.warning("refused an instance from %s: %s", calling_ae, error)
+        except Exception as error:  # any decoding failure of a peer's bytes is "cannot understand"
+            logger.warning("refused an undecodable dataset from %s: %s", calling_ae, error)
+        else:
+            return self._accept(staged, examined, calling_ae)
+        self.spool.done(staged)
+        return Status.CANNOT_UNDERSTAND
+
+    def recover(self) -> int:
+        """File the instances an earlier process staged and did not file (it may have
+        acknowledged them): each is examined again and filed by the same rules, so one that was
+        refused, or cut short by the stop and never acknowledged, is removed. Returns how many
+        staged files there were."""
+        leftovers = self.spool.staged_leftovers()
+        for staged in leftovers:
+            assert staged.path is not None
             try:
-                examined = examining.result()
-            except HeaderError as error:
-                logger.warning("refused an instance from %s: %s", calling_ae, error)
-                return Status.CANNOT_UNDERSTAND
-            except Exception as error:  # any decoding failure of a peer's bytes is "cannot understand"
-                logger.warning("refused an undecodable dataset from %s: %s", calling_ae, error)
-                return Status.CANNOT_UNDERSTAND
-            return self._file(staged, examined, calling_ae)
-        finally:
-            self.spool.done(staged)
+                examined = examine(staged.path.read_bytes())
+            except Exception as error:
+                logger.warning("removed %s, staged by an earlier process: not an instance (%s)", staged.path.name, error)
+                self.spool.done(staged)
+                continue
+            self._accept(staged, examined, calling_ae="")
+        self.settle()
+        return len(leftovers)
+
+    def settle(self) -> None:
+        """Wait until every instance acknowledged so far is in the spool and the index."""
+        self._filer.settle()
 
     def close(self) -> None:
-        """Stop the examining threads (after the server has stopped calling :meth:`receive`)."""
+        """Stop the examining threads and file what was acknowledged (after the server has
+        stopped calling :meth:`receive`)."""
         self._examiners.shutdown()
+        self._filer.close()
 
-    def _file(self, staged: StagedFile, examined: Examined, calling_ae: str) -> Status:
-        """Keep the staged file and index it, or say why not."""
+    def _accept(self, staged: StagedFile, examined: Examined, calling_ae: str) -> Status:
+        """Hand a staged, examined instance to the filer (success), or drop or refuse it."""
         header = examined.header
+        failure = self.spool.staging_failure(staged)
         if header.sop_class_uid not in self.keep_sop_classes:
             logger.info(
                 "acknowledged and dropped %s %s from %s (SOP class not kept)",
@@ -151,30 +180,18 @@ class StoreReceiver:
                 header.sop_instance_uid,
                 calling_ae,
             )
-            return Status.SUCCESS
-        if examined.pixel_problem is not None:
+            status = Status.SUCCESS
+        elif examined.pixel_problem is not None:
             logger.warning("refused instance %s from %s: %s", header.sop_instance_uid, calling_ae, examined.pixel_problem)
-            return Status.CANNOT_UNDERSTAND
-        now = self.clock()
-        if self.index.contains(header.sop_instance_uid):
-            self.index.touch(header, now)
-            logger.debug("instance %s received again; stored once", header.sop_instance_uid)
+            status = Status.CANNOT_UNDERSTAND
+        elif isinstance(failure, OutOfSpace):
+            logger.error("refused instance %s: out of space (%s)", header.sop_instance_uid, failure)
+            status = Status.OUT_OF_RESOURCES
+        elif failure is not None:
+            logger.error("refused instance %s: the spool could not be written (%s)", header.sop_instance_uid, failure)
+            status = Status.OUT_OF_RESOURCES
+        else:
+            self._filer.submit(staged, header, calling_ae, self.clock())
             return Status.SUCCESS
-        try:
-            relative, size = self.spool.keep(staged, header)
-        except OutOfSpace as error:
-            logger.error("refused instance %s: out of space (%s)", header.sop_instance_uid, error)
-            return Status.OUT_OF_RESOURCES
-        except OSError:
-            logger.exception("refused instance %s: the spool could not be written", header.sop_instance_uid)
-            return Status.OUT_OF_RESOURCES
-        try:
-            self.index.record(header, relative, size, calling_ae, now)
-        except sqlite3.Error as error:
-            if out_of_space(error) is not None:
-                logger.error("refused instance %s: out of space for the index (%s)", header.sop_instance_uid, error)
-            else:
-                logger.exception("refused instance %s: the index could not be written", header.sop_instance_uid)
-            self.spool.remove(relative)
-            return Status.OUT_OF_RESOURCES
-        return Status.SUCCESS
+        self.spool.done(staged)
+        return status

@@ -86,13 +86,17 @@ class InstanceIndex:
         )
         return [QuietSeries(row["series_uid"], row["study_uid"], row["last_received_at"]) for row in rows]
 
-    def earliest_pending_arrival(self, after: float = float("-inf")) -> float | None:
-        """When the longest-waiting series with news (whose last instance came after ``after``)
-        received its last instance (None: no such news)."""
-        rows = self.db.query(
-            "SELECT MIN(last_received_at) AS earliest FROM series WHERE pending = 1 AND last_received_at > ?", (after,)
-        )
-        return None if not rows or rows[0]["earliest"] is None else float(rows[0]["earliest"])
+    def earliest_pending_arrival(self) -> float | None:
+        """When the longest-waiting series with news received its last instance (None: no news)."""
+        return self._pending_arrival("MIN")
+
+    def latest_pending_arrival(self) -> float | None:
+        """When the last instance of any series with news arrived (None: no news)."""
+        return self._pending_arrival("MAX")
+
+    def _pending_arrival(self, aggregate: str) -> float | None:
+        rows = self.db.query(f"SELECT {aggregate}(last_received_at) AS arrival FROM series WHERE pending = 1")
+        return None if not rows or rows[0]["arrival"] is None else float(rows[0]["arrival"])
 
     def settled_pending_paths(self, settled_by: float, sop_class_uid: str) -> list[Path]:
         """Spool paths of the ``sop_class_uid`` instances of series with news whose last instance

@@ -10,6 +10,12 @@ One system call also matters for another reason: the C-STORE handler reads the i
 attributes on a helper thread while its own thread writes, and a thread that returns from a
 system call waits for the interpreter lock; several calls in a row would each wait for the
 helper's parsing to end.
+
+A staged file is durable by itself: its name is made durable (the directory fsynced) before
+the file is handed out, and the write puts data and size on disk. So the node may answer
+success as soon as the write returns, and move the file into the spool afterwards; a file a
+stopped node staged and did not move is still there at the next start
+(:meth:`Staging.leftovers`).
 """
 
 from __future__ import annotations
@@ -17,19 +23,24 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicomnode.fileio import PRIVATE_FILE_MODE
+from dicomnode.fileio import PRIVATE_FILE_MODE, fsync_directory
 
 logger = logging.getLogger(__name__)
 
-#: How the files made ahead are named (``.ahead-<pid>-<n>.tmp``): empty until written, and
-#: removed with the other temporaries when the node starts.
+#: How the files made ahead are named (``.ahead-<pid>-<token>-<n>.tmp``, the token random per
+#: process: a restarted node may get the PID of the one that left files behind). Empty until
+#: written; at start-up the empty ones are removed and the others filed (:meth:`Staging.leftovers`).
 AHEAD_PREFIX = ".ahead-"
+
+#: How many files are kept made ahead.
+AHEAD = 2
 
 
 @dataclass
@@ -46,15 +57,22 @@ class StagedFile:
 class Staging:
     """Durable writes into temporary files that a thread of its own creates ahead of need."""
 
-    def __init__(self, directory: Path, ahead: int = 2) -> None:
+    def __init__(self, directory: Path, ahead: int = AHEAD) -> None:
         self.directory = directory
         self.ahead = ahead
         self._ready: deque[tuple[Path, int]] = deque()
         self._lock = threading.Lock()
         self._names = itertools.count()
+        self._token = secrets.token_hex(4)
         # Its thread is started on first use (after start-up has removed old temporaries), and
         # ends when the Staging is closed or collected.
         self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging")
+
+    @property
+    def ready(self) -> int:
+        """How many files are made ahead, their names durable, waiting for a write."""
+        with self._lock:
+            return len(self._ready)
 
     def write(self, data: bytes | bytearray | memoryview) -> StagedFile:
         """Write ``data`` durably to a temporary file; never raises an OSError (a failure is the
@@ -91,30 +109,56 @@ class Staging:
         """Stop making files ahead and remove those not used."""
         self._maker.shutdown(wait=True)
         with self._lock:
-            leftovers = list(self._ready)
+            unused = list(self._ready)
             self._ready.clear()
-        for path, descriptor in leftovers:
-            os.close(descriptor)
-            path.unlink(missing_ok=True)
+        _discard(unused)
+
+    def leftovers(self) -> list[StagedFile]:
+        """Files staged by an earlier process and never moved or removed (those holding data:
+        the ones made ahead and never written are not left-overs)."""
+        leftovers = []
+        for path in sorted(self.directory.glob(f"{AHEAD_PREFIX}*.tmp")):
+            size = path.stat().st_size
+            if size:
+                leftovers.append(StagedFile(path, size))
+        return leftovers
 
     def _take(self) -> tuple[Path, int]:
         with self._lock:
             ready = self._ready.popleft() if self._ready else None
-        return ready or self._create()
+        if ready is not None:
+            return ready
+        made = self._create()  # none ready: made now, and its name made durable before use
+        try:
+            fsync_directory(self.directory)
+        except OSError:
+            _discard([made])
+            raise
+        return made
 
     def _create(self) -> tuple[Path, int]:
-        path = self.directory / f"{AHEAD_PREFIX}{os.getpid()}-{next(self._names)}.tmp"
+        path = self.directory / f"{AHEAD_PREFIX}{os.getpid()}-{self._token}-{next(self._names)}.tmp"
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, PRIVATE_FILE_MODE)
 
     def _make_ahead(self) -> None:
-        while True:
-            with self._lock:
-                if len(self._ready) >= self.ahead:
-                    return
-            try:
-                made = self._create()
-            except OSError as error:  # a write makes its own file (and reports the error) meanwhile
-                logger.debug("could not make a temporary file ahead: %s", error)
-                return
-            with self._lock:
-                self._ready.append(made)
+        made: list[tuple[Path, int]] = []
+        with self._lock:
+            wanted = self.ahead - len(self._ready)
+        try:
+            for _ in range(wanted):
+                made.append(self._create())
+            if made:
+                fsync_directory(self.directory)  # their names are durable before they are used
+        except OSError as error:  # a write makes its own file (and reports the error) meanwhile
+            logger.debug("could not make a temporary file ahead: %s", error)
+            _discard(made)
+            return
+        with self._lock:
+            self._ready.extend(made)
+
+
+def _discard(made: list[tuple[Path, int]]) -> None:
+    """Close and remove files made ahead and not used."""
+    for path, descriptor in made:
+        os.close(descriptor)
+        path.unlink(missing_ok=True)

@@ -20,14 +20,21 @@ class OutOfSpace(OSError):
     """The spool's file system is full or below the configured free-space floor."""
 
 
+#: Free space no instance may take, above the configured floor: the index rows of instances
+#: already acknowledged are written after their answer (:mod:`dicomnode.spool.filing`), and
+#: must find room even with a floor of 0 and several associations writing at once.
+INDEX_HEADROOM_BYTES = 4 * 2**20
+
+
 class Spool:
     """Writes instances durably and atomically, and refuses them before the disk is full.
 
     Writing is two steps, so that the receiver can read an instance's attributes while its
-    bytes go to disk: :meth:`stage` writes them durably to a temporary file (a name the spool
-    does not know yet), :meth:`keep` moves that file to the instance's place, and
-    :meth:`done` removes one that was not kept. A reader (or a restarted node) sees a whole
-    file or none.
+    bytes go to disk, and answer before the file is in its place: :meth:`stage` writes them
+    durably to a temporary file whose name is durable too (the instance is safe from then on),
+    :meth:`keep` moves that file to the instance's place, and :meth:`done` removes one that was
+    not kept. A reader sees a whole file or none; a restarted node finds each staged instance
+    in the one place or the other (:meth:`staged_leftovers`).
     """
 
     def __init__(self, layout: StateLayout, min_free_bytes: int) -> None:
@@ -43,10 +50,20 @@ class Spool:
         return self.layout.spool / relative
 
     def ensure_room(self, size: int) -> None:
-        """Raise :class:`OutOfSpace` if writing ``size`` bytes would cross the free-space floor."""
+        """Raise :class:`OutOfSpace` if writing ``size`` bytes would cross the free-space floor
+        (and :data:`INDEX_HEADROOM_BYTES` above it)."""
         free = shutil.disk_usage(self.layout.spool).free
-        if free - size < self.min_free_bytes:
-            raise OutOfSpace(errno.ENOSPC, f"{free // 2**20} MiB free, floor is {self.min_free_bytes // 2**20} MiB")
+        if free - size - INDEX_HEADROOM_BYTES < self.min_free_bytes:
+            raise OutOfSpace(
+                errno.ENOSPC,
+                f"{free // 2**20} MiB free, floor is {self.min_free_bytes // 2**20} MiB"
+                f" plus {INDEX_HEADROOM_BYTES // 2**20} MiB kept for the index",
+            )
+
+    @property
+    def made_ahead(self) -> int:
+        """How many temporary files are ready for :meth:`stage` (made ahead of need)."""
+        return self._staging.ready
 
     def stage(self, encoded: bytes) -> StagedFile:
         """Write one encoded DICOM file durably to a temporary file (see :meth:`ensure_room`).
@@ -55,23 +72,33 @@ class Spool:
         set that cannot be understood is refused as such whatever the disk's state."""
         return self._staging.write(encoded)
 
+    def staging_failure(self, staged: StagedFile) -> OSError | None:
+        """Why ``staged`` could not be written (an :class:`OutOfSpace` for a full disk), or None."""
+        error = staged.error
+        if error is not None and out_of_space(error) is not None:
+            return OutOfSpace(error.errno, str(error))
+        return error
+
     def keep(self, staged: StagedFile, header: InstanceHeader) -> tuple[Path, int]:
-        """Move a staged file to the instance's place in the spool, durably; return its relative
-        path and size.
+        """Move a staged file to the instance's place in the spool; return its relative path
+        and size.
+
+        The directory is not fsynced: the staged file is durable under its temporary name, and
+        the rename is atomic, so after a power cut the file is in one place or the other, and a
+        start-up files whatever is still staged (a job that had run may run again, as when the
+        last index rows are lost). The next synchronous write usually commits the rename anyway.
 
         Raises :class:`OutOfSpace` when the disk was full when it was staged, the OSError of any
         other failure (:meth:`done` then removes what was staged)."""
-        if staged.error is not None:
-            if out_of_space(staged.error) is not None:
-                raise OutOfSpace(staged.error.errno, str(staged.error)) from staged.error
-            raise staged.error
+        failure = self.staging_failure(staged)
+        if failure is not None:
+            raise failure from staged.error
         assert staged.path is not None, "a staged file is kept once"
         relative = self.relative_path(header)
         target = self.absolute(relative)
         make_directories(target.parent)
         os.replace(staged.path, target)
         staged.path = None
-        fsync_directory(target.parent)
         return relative, staged.size
 
     def done(self, staged: StagedFile) -> None:
@@ -97,11 +124,19 @@ class Spool:
         """Every spool file, relative to the spool directory."""
         return [path.relative_to(self.layout.spool) for path in self.layout.spool.glob("*/*/*.dcm")]
 
+    def staged_leftovers(self) -> list[StagedFile]:
+        """Instances an earlier process staged and never kept or removed (see :meth:`stage`)."""
+        return self._staging.leftovers()
+
     def clear_temporaries(self) -> int:
-        """Remove temporary files a killed process left behind; return how many held data (the
-        empty ones made ahead of need are removed without a word)."""
+        """Remove temporary files a killed process left behind, except the instances it staged
+        (:meth:`staged_leftovers`: they may have been acknowledged); return how many held data
+        (the empty ones made ahead of need are removed without a word)."""
+        leftovers = {staged.path for staged in self.staged_leftovers()}
         written = 0
         for path in self.layout.temp.glob("*.tmp"):
+            if path in leftovers:
+                continue
             written += path.stat().st_size > 0
             path.unlink(missing_ok=True)
         return written

@@ -48,6 +48,7 @@ class Pipeline:
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
             assert self.receiver.receive(buffer.getvalue(), "TEST") == Status.SUCCESS
             self.clock.now += 0.01
+        self.receiver.settle()
 
     def jobs(self) -> list[dict]:
         return [dict(row) for row in self.db.query("SELECT * FROM jobs ORDER BY id")]
@@ -182,6 +183,7 @@ def test_the_assembler_submits_when_the_quiet_period_ends_and_rings_the_worker(t
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
         assert receiver.receive(buffer.getvalue(), "TEST") == Status.SUCCESS
+    receiver.settle()
     assert index.earliest_pending_arrival() is not None
     stop = threading.Event()
     queued = Doorbell(stop)

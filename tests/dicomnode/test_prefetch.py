@@ -15,7 +15,7 @@ from dicomnode.jobs.prefetch import BATCH, SETTLE_SECONDS, Prefetcher
 from dicomnode.jobs.worker import Worker
 from dicomnode.node import State
 from dicomnode.settings import Settings
-from dicomnode.spool import InstanceIndex, Spool
+from dicomnode.spool import InstanceIndex, Spool, read_header
 from dicomnode.volume import DecodedSlice, build_volume
 from factories import PhantomSeries
 from receivers import store_series
@@ -65,6 +65,23 @@ def test_a_settled_series_is_read_ahead_and_taken_once(tmp_path: Path) -> None:
     assert all(slice_.hu.dtype == np.int16 for slice_ in taken.values())  # as the volume holds them
     np.testing.assert_array_equal(build_volume(paths, taken).volume.hu, build_volume(paths).volume.hu)
     assert prefetcher.take(paths) == {}  # taken once
+
+
+def test_nothing_is_read_ahead_while_another_series_arrives(tmp_path: Path) -> None:
+    """A settled series waits while the next one streams in (reading would slow receiving)."""
+    _, state = opened(tmp_path)
+    store_series(state.spool, state.index, PhantomSeries(slices=6, seed=1))
+    settled_at = received_at(state) + SETTLE_SECONDS
+    arriving = PhantomSeries(slices=6, seed=2)
+    store_series(state.spool, state.index, arriving)
+    state.index.touch(read_header(arriving.datasets()[0]), settled_at)  # still arriving then
+    prefetcher = Prefetcher(state.index, state.spool)
+
+    wait = prefetcher.step(settled_at)
+    assert wait == SETTLE_SECONDS  # nothing read: look again once the arrivals stop
+    assert prefetcher.take(spool_paths(state)) == {}
+    assert read_all(prefetcher, settled_at + wait) > 0
+    assert set(prefetcher.take(spool_paths(state))) == set(spool_paths(state))
 
 
 def test_a_file_changed_after_it_was_read_is_not_taken(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from dicomnode.layout import StateLayout
 from dicomnode.spool import OutOfSpace, Spool, read_header
-from dicomnode.spool.staging import AHEAD_PREFIX, StagedFile
+from dicomnode.spool.staging import AHEAD, AHEAD_PREFIX, StagedFile
 from factories import PhantomSeries
 from peers import wait_until
 from receivers import leftover_temporaries
@@ -37,6 +37,12 @@ def ahead_files(spool: Spool) -> list[Path]:
     return sorted(spool.layout.temp.glob(AHEAD_PREFIX + "*"))
 
 
+def wait_for_files_made_ahead(spool: Spool) -> None:
+    """Until the files made ahead are ready for staging (on disk, their names durable)."""
+    wait_until(lambda: spool.made_ahead == AHEAD, 10, what="files made ahead")
+    assert len(ahead_files(spool)) == AHEAD
+
+
 def test_a_kept_instance_is_in_its_place_and_nothing_is_left_over(spool: Spool) -> None:
     data, header = encoded_slice()
     staged = spool.stage(data)
@@ -45,21 +51,21 @@ def test_a_kept_instance_is_in_its_place_and_nothing_is_left_over(spool: Spool) 
     spool.done(staged)
     assert spool.absolute(relative).read_bytes() == data and size == len(data)
     assert spool.files() == [relative] and leftover_temporaries(spool.layout) == []
-    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="two files made ahead")
+    wait_for_files_made_ahead(spool)
     assert all(path.stat().st_size == 0 for path in ahead_files(spool))
 
 
 def test_files_made_ahead_are_used_and_replaced(spool: Spool) -> None:
     data, header = encoded_slice()
     spool.done(spool.stage(data))  # the first write makes its own file, and asks for more
-    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="two files made ahead")
+    wait_for_files_made_ahead(spool)
     ready = set(ahead_files(spool))
     staged = spool.stage(data)
     used = staged.path
     assert used in ready  # written into one made ahead
     spool.done(staged)
     assert used is not None and not used.exists()
-    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="the used file replaced")
+    wait_for_files_made_ahead(spool)
 
 
 def test_a_staged_instance_not_kept_is_removed(spool: Spool) -> None:
@@ -77,7 +83,7 @@ def test_closing_removes_the_files_made_ahead_and_stops_their_thread(tmp_path: P
     spool = Spool(layout, min_free_bytes=0)
     data, _ = encoded_slice()
     spool.done(spool.stage(data))
-    wait_until(lambda: len(ahead_files(spool)) == 2, 10, what="two files made ahead")
+    wait_for_files_made_ahead(spool)
     spool.close()
     assert ahead_files(spool) == []
     assert not [thread for thread in set(threading.enumerate()) - others if thread.name.startswith("staging")]
@@ -101,9 +107,14 @@ def test_the_free_space_floor_is_checked_before_writing(tmp_path: Path) -> None:
         Spool(layout, min_free_bytes=2**62).ensure_room(1)
 
 
-def test_start_up_clears_temporaries_and_counts_only_those_holding_data(spool: Spool) -> None:
-    (spool.layout.temp / f"{AHEAD_PREFIX}1-0.tmp").touch()  # made ahead by a process since killed
-    (spool.layout.temp / f"{AHEAD_PREFIX}1-1.tmp").write_bytes(b"half an instance")
+def test_start_up_clears_temporaries_but_keeps_staged_instances(spool: Spool) -> None:
+    """Left by a killed process: an empty file made ahead (removed), a staged instance (kept
+    for the receiver to file: it may have been acknowledged) and an outbox file being written
+    (removed, and counted)."""
+    (spool.layout.temp / f"{AHEAD_PREFIX}1-0a0a0a0a-0.tmp").touch()
+    staged = spool.layout.temp / f"{AHEAD_PREFIX}1-0a0a0a0a-1.tmp"
+    staged.write_bytes(b"an instance")
     (spool.layout.temp / ".outbox-file.tmp").write_bytes(b"half a result")
-    assert spool.clear_temporaries() == 2
-    assert list(spool.layout.temp.iterdir()) == []
+    assert spool.clear_temporaries() == 1
+    assert list(spool.layout.temp.iterdir()) == [staged]
+    assert spool.staged_leftovers() == [StagedFile(staged, len(b"an instance"))]
