@@ -68,8 +68,8 @@ class Spool:
     def stage(self, encoded: bytes) -> StagedFile:
         """Write one encoded DICOM file durably to a temporary file (see :meth:`ensure_room`).
 
-        Never raises for a full disk or a failed write: :meth:`keep` raises it, so that a data
-        set that cannot be understood is refused as such whatever the disk's state."""
+        Never raises for a full disk or a failed write: :meth:`staging_failure` says why, so
+        that a data set that cannot be understood is refused as such whatever the disk's state."""
         return self._staging.write(encoded)
 
     def staging_failure(self, staged: StagedFile) -> OSError | None:
@@ -88,12 +88,10 @@ class Spool:
         start-up files whatever is still staged (a job that had run may run again, as when the
         last index rows are lost). The next synchronous write usually commits the rename anyway.
 
-        Raises :class:`OutOfSpace` when the disk was full when it was staged, the OSError of any
-        other failure (:meth:`done` then removes what was staged)."""
-        failure = self.staging_failure(staged)
-        if failure is not None:
-            raise failure from staged.error
-        assert staged.path is not None, "a staged file is kept once"
+        Only for a file that was written (the receiver refuses the others on
+        :meth:`staging_failure`); raises the OSError of a failed move (:meth:`done` then removes
+        what was staged)."""
+        assert staged.error is None and staged.path is not None, "a written staged file is kept once"
         relative = self.relative_path(header)
         target = self.absolute(relative)
         make_directories(target.parent)

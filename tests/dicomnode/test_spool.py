@@ -89,15 +89,14 @@ def test_closing_removes_the_files_made_ahead_and_stops_their_thread(tmp_path: P
     assert not [thread for thread in set(threading.enumerate()) - others if thread.name.startswith("staging")]
 
 
-def test_a_full_disk_at_staging_is_raised_when_kept(spool: Spool) -> None:
-    _, header = encoded_slice()
+def test_a_failed_staging_says_why_and_a_full_disk_is_out_of_space(spool: Spool) -> None:
+    data, _ = encoded_slice()
+    assert spool.staging_failure(spool.stage(data)) is None
     full = StagedFile(None, 0, OSError(errno.ENOSPC, "No space left on device"))
-    with pytest.raises(OutOfSpace):
-        spool.keep(full, header)
+    assert isinstance(spool.staging_failure(full), OutOfSpace)
     broken = StagedFile(None, 0, OSError(errno.EIO, "Input/output error"))
-    with pytest.raises(OSError) as raised:
-        spool.keep(broken, header)
-    assert not isinstance(raised.value, OutOfSpace)
+    failure = spool.staging_failure(broken)
+    assert failure is broken.error and not isinstance(failure, OutOfSpace)
 
 
 def test_the_free_space_floor_is_checked_before_writing(tmp_path: Path) -> None:
