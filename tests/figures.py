@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hypothesis import HealthCheck, settings
+
 FIGURES_ENV = "DICOMNODE_FIGURES"
 #: Set to a positive number to scale the soak variants (rounds, cases, senders) up.
 SOAK_ENV = "DICOMNODE_SOAK"
@@ -25,6 +27,18 @@ def soak_factor() -> int:
         return max(1, int(os.environ.get(SOAK_ENV, "1")))
     except ValueError:
         return 1
+
+
+def fuzz_settings(examples: int) -> settings:
+    """Hypothesis settings of the fuzz tests: the same cases every run, none stored, CI-sized
+    (a soak run multiplies them)."""
+    return settings(
+        database=None,
+        deadline=None,
+        derandomize=True,
+        max_examples=examples * soak_factor(),
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    )
 
 
 def record_figures(key: str, **values: Any) -> None:

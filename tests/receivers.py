@@ -18,6 +18,7 @@ import pydicom
 from conftest import free_port
 from dicomnode.db import Database
 from dicomnode.layout import StateLayout
+from dicomnode.net.part10 import ReceivedFile
 from dicomnode.net.receiver import StoreReceiver
 from dicomnode.net.scp import start_receiver
 from dicomnode.net.server import AssociationServer
@@ -81,6 +82,6 @@ def store_series(spool: Spool, index: InstanceIndex, series: PhantomSeries, call
         for dataset in series.datasets():
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-            assert receiver.receive(buffer.getvalue(), calling_ae) == Status.SUCCESS
+            assert receiver.receive(ReceivedFile.from_file(buffer.getvalue()), calling_ae) == Status.SUCCESS
     finally:
         receiver.close()

@@ -1,7 +1,7 @@
 """The DICOM upper layer's PDUs (PS3.8 section 9.3), as far as an acceptor needs them.
 
-Reading: one PDU at a time off a socket, framed by its 6-byte header, its length bounded
-before anything is allocated; an A-ASSOCIATE-RQ parsed into what negotiation looks at.
+Reading: PDUs off a socket, each framed by its 6-byte header, its length bounded before
+anything is allocated; an A-ASSOCIATE-RQ parsed into what negotiation looks at.
 Writing: A-ASSOCIATE-AC/RJ, A-RELEASE-RP, A-ABORT and the P-DATA-TF of a small message.
 Every malformed PDU raises :class:`PduError`; the association answers it with an A-ABORT.
 """
@@ -44,36 +44,63 @@ class PeerClosed(ConnectionError):
     """The peer closed the connection (between PDUs or in the middle of one)."""
 
 
-def read_exactly(connection: socket.socket, count: int) -> bytearray:
-    """``count`` bytes from ``connection`` (its timeout applies to each read)."""
-    buffer = bytearray(count)
-    view, received = memoryview(buffer), 0
-    while received < count:
-        got = connection.recv_into(view[received:])
-        if not got:
-            raise PeerClosed(f"connection closed with {count - received} of {count} bytes unread")
-        received += got
-    return buffer
+class PduReader:
+    """Reads one connection's PDUs, as much of the stream at a time as the kernel has.
 
-
-def read_pdu(connection: socket.socket, max_p_data_bytes: int) -> tuple[int, bytearray]:
-    """The next PDU's type and body (what follows the header).
-
-    ``max_p_data_bytes`` bounds a P-DATA-TF (the maximum the node announced; 0: "no maximum",
-    which still stops at :data:`MAX_UNBOUNDED_P_DATA_BYTES`), other PDUs are bounded by
-    :data:`MAX_ASSOCIATE_RQ_BYTES`: a claimed length of 4 GiB is refused before a byte of it
-    is read, not allocated.
+    A peer sends a CT slice as several P-DATA-TFs (dcmtk: 128 KiB each): read one by one, a
+    header and then a body, that was a dozen receives an instance, and each return from one
+    waits for the interpreter lock. Here each receive fills the free end of a buffer (1 MiB),
+    often with several PDUs at once. A body is handed out as a view into the buffer and
+    stays valid: the buffer is never written over, a full one is replaced by a new one (the
+    unread bytes moved there), and the old one lives as long as a view of it.
     """
-    kind, _, length = _HEADER.unpack(read_exactly(connection, _HEADER.size))
-    if kind not in range(ASSOCIATE_RQ, ABORT + 1):
-        raise PduError(f"unrecognised PDU type 0x{kind:02x}", PduError.UNRECOGNIZED_PDU)
-    if kind == P_DATA_TF:
-        limit = max_p_data_bytes or MAX_UNBOUNDED_P_DATA_BYTES
-    else:
-        limit = MAX_ASSOCIATE_RQ_BYTES
-    if length > limit:
-        raise PduError(f"a {length}-byte PDU of type 0x{kind:02x} exceeds the {limit}-byte maximum")
-    return kind, read_exactly(connection, length)
+
+    #: The size of each buffer (a larger PDU gets a buffer of its own size).
+    BUFFER_BYTES = 1 << 20
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self._buffer = bytearray()
+        self._start = self._end = 0  # the unread bytes are _buffer[_start:_end]
+
+    def read(self, max_p_data_bytes: int) -> tuple[int, memoryview]:
+        """The next PDU's type and body (what follows the header).
+
+        ``max_p_data_bytes`` bounds a P-DATA-TF (the maximum the node announced; 0: "no
+        maximum", which still stops at :data:`MAX_UNBOUNDED_P_DATA_BYTES`), other PDUs are
+        bounded by :data:`MAX_ASSOCIATE_RQ_BYTES`: a claimed length of 4 GiB is refused before
+        a byte of it is read, not allocated.
+        """
+        self._receive(_HEADER.size)
+        kind, _, length = _HEADER.unpack_from(self._buffer, self._start)
+        if kind not in range(ASSOCIATE_RQ, ABORT + 1):
+            raise PduError(f"unrecognised PDU type 0x{kind:02x}", PduError.UNRECOGNIZED_PDU)
+        if kind == P_DATA_TF:
+            limit = max_p_data_bytes or MAX_UNBOUNDED_P_DATA_BYTES
+        else:
+            limit = MAX_ASSOCIATE_RQ_BYTES
+        if length > limit:
+            raise PduError(f"a {length}-byte PDU of type 0x{kind:02x} exceeds the {limit}-byte maximum")
+        self._receive(_HEADER.size + length)
+        start = self._start + _HEADER.size
+        self._start = start + length
+        return kind, memoryview(self._buffer)[start : self._start]
+
+    def _receive(self, count: int) -> None:
+        """Receive until ``count`` bytes are unread (the connection's timeout applies to each receive)."""
+        unread = self._end - self._start
+        if unread >= count:
+            return
+        if self._start + count > len(self._buffer):  # no room left: the unread bytes move to a new buffer
+            buffer = bytearray(max(count, self.BUFFER_BYTES))
+            buffer[:unread] = memoryview(self._buffer)[self._start : self._end]
+            self._buffer, self._start, self._end = buffer, 0, unread
+        view = memoryview(self._buffer)
+        while self._end - self._start < count:
+            got = self.connection.recv_into(view[self._end :])
+            if not got:
+                raise PeerClosed(f"connection closed with {count - (self._end - self._start)} of {count} bytes unread")
+            self._end += got
 
 
 @dataclass(frozen=True)
@@ -112,7 +139,7 @@ def _ae_title(value: bytes | bytearray) -> str:
         raise PduError(f"an AE title that is not ASCII: {bytes(value)!r}") from None
 
 
-def _items(body: bytes | bytearray, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
+def _items(body: bytes | bytearray | memoryview, start: int, end: int) -> Iterator[tuple[int, memoryview]]:
     """The (type, value) items between ``start`` and ``end``; each must fit."""
     view, at = memoryview(body), start
     while at < end:
@@ -144,7 +171,7 @@ def _presentation_context(value: memoryview) -> ProposedContext:
     return ProposedContext(value[0], abstract, tuple(transfers))
 
 
-def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
+def parse_associate_rq(body: bytes | bytearray | memoryview) -> AssociateRequest:
     """An A-ASSOCIATE-RQ's body (after the PDU header) as an :class:`AssociateRequest`."""
     if len(body) < 68:
         raise PduError(f"an A-ASSOCIATE-RQ of {len(body)} bytes is shorter than its fixed fields")
@@ -252,7 +279,7 @@ def p_data(context_id: int, command: bytes) -> bytes:
 COMMAND_BIT, LAST_BIT = 0x01, 0x02
 
 
-def pdvs(body: bytearray) -> Iterator[tuple[int, int, memoryview]]:
+def pdvs(body: bytes | bytearray | memoryview) -> Iterator[tuple[int, int, memoryview]]:
     """The (context id, control header, value) PDVs of a P-DATA-TF body."""
     view, at, end = memoryview(body), 0, len(body)
     if not end:

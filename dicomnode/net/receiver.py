@@ -1,16 +1,17 @@
 """What happens to one received instance: check the minimum, write it durably, have it filed.
 
-This is the C-STORE handler's whole job. It never decodes pixels, never runs analysis and
-never raises: every outcome is a DIMSE status and a log line.
+This is the C-STORE handler's whole job. It never decodes pixels, never runs analysis and never
+raises: every outcome is a DIMSE status and a log line.
 
 The instance's bytes go to disk while its attributes are read: the connection's thread makes
-the durable write (one system call, the interpreter lock released), and a helper thread parses
-meanwhile. The other way round would stall: a thread handed the write would wait for the lock
-the parsing thread holds. Success is answered as soon as both are done: the staged file is
-durable by itself (:mod:`dicomnode.spool.staging`), and the filer
-(:mod:`dicomnode.spool.filing`) moves it into the spool and the index while the peer sends its
-next instance. What a stopped node staged and did not file, the next start files
-(:meth:`StoreReceiver.recover`).
+the durable write (one system call for the file's prefix and the data set's fragments as they
+arrived, the interpreter lock released), and a helper thread reads the attributes meanwhile
+(:mod:`dicomnode.net.elements`, :mod:`dicomnode.net.attributes`). The other way round would
+stall: a thread handed the write would wait for the lock the parsing thread holds. Success is
+answered as soon as both are done: the staged file is durable by itself
+(:mod:`dicomnode.spool.staging`), and the filer (:mod:`dicomnode.spool.filing`) moves it into
+the spool and the index while the peer sends its next instance. What a stopped node staged and
+did not file, the next start files (:meth:`StoreReceiver.recover`).
 """
 
 from __future__ import annotations
@@ -22,67 +23,45 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ImplicitVRLittleEndian
 
-from dicomnode.net.elements import UNDEFINED_LENGTH, read_elements
+from dicomnode.net.attributes import WANTED_TAGS, FiledAttributes
+from dicomnode.net.elements import PIXEL_DATA, UNDEFINED_LENGTH, read_elements
+from dicomnode.net.part10 import ReceivedFile
 from dicomnode.spool import HeaderError, InstanceHeader, InstanceIndex, OutOfSpace, Spool, read_header
 from dicomnode.spool.filing import Filer
-from dicomnode.spool.header import HEADER_KEYWORDS
+from dicomnode.spool.header import Attributes
 from dicomnode.spool.staging import StagedFile
 from dicomnode.status import Status
 
 logger = logging.getLogger(__name__)
 
 
-#: What :func:`pixel_data_problem` reads besides Pixel Data.
-PIXEL_DESCRIPTION_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated")
-
-#: The attributes the receiver reads of an instance (its header and its pixel description).
-#: Only these are parsed: a full parse of a scanner's slice (100-300 attributes) cost more
-#: than its durable write. The rest is kept as it was sent, for the volume builder to read.
-FILED_TAGS = frozenset(tag_for_keyword(keyword) for keyword in (*HEADER_KEYWORDS, *PIXEL_DESCRIPTION_KEYWORDS, "PixelData"))
-
-
-def parse_filed_attributes(encoded: bytes) -> Dataset:
-    """The attributes the receiver reads, parsed and converted (a damaged value raises here)."""
-    return read_elements(encoded, FILED_TAGS)
-
-
-def pixel_data_length(dataset: Dataset) -> int:
-    """The length of Pixel Data's value, without reading a value that was deferred."""
-    element = dataset.get_item("PixelData", keep_deferred=True)
-    if isinstance(element, RawDataElement):
-        return 0 if element.length == UNDEFINED_LENGTH else element.length
-    return len(element.value or b"")  # an empty element's value is None
-
-
-def pixel_data_problem(dataset: Dataset) -> str | None:
+def pixel_data_problem(attributes: Attributes, transfer_syntax: str, pixel_data_length: int | None) -> str | None:
     """Why an image's pixel data cannot be right, judged from lengths alone (no decoding).
 
-    The data set may hold Pixel Data deferred (read with ``defer_size``): its length is
-    known without its value."""
-    if "PixelData" not in dataset:
+    ``pixel_data_length`` is the length of Pixel Data's value (None: there is none); the
+    pixel description is read from ``attributes`` (see :data:`dicomnode.net.attributes.PIXEL_DESCRIPTION_KEYWORDS`)."""
+    if pixel_data_length is None:
         return "the image has no Pixel Data"
-    transfer_syntax = UID(dataset.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
-    if transfer_syntax.is_compressed:
+    if UID(transfer_syntax or ImplicitVRLittleEndian).is_compressed:
         return None  # encapsulated: only decoding can tell; the volume builder does that
+    missing = [keyword for keyword in ("Rows", "Columns", "BitsAllocated") if attributes.get(keyword) is None]
+    if missing:
+        return f"the image pixel description is incomplete: {' and '.join(missing)} missing"
     try:
         expected = (
-            int(dataset.Rows)
-            * int(dataset.Columns)
-            * int(dataset.get("SamplesPerPixel", 1))
-            * int(dataset.get("NumberOfFrames", 1) or 1)
-            * int(dataset.BitsAllocated)
+            int(attributes.get("Rows"))
+            * int(attributes.get("Columns"))
+            * int(attributes.get("SamplesPerPixel", 1))
+            * int(attributes.get("NumberOfFrames", 1) or 1)
+            * int(attributes.get("BitsAllocated"))
             // 8
         )
-    except (AttributeError, TypeError, ValueError, OverflowError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         return f"the image pixel description is incomplete: {error}"
-    actual = pixel_data_length(dataset)
-    if actual < expected:
-        return f"Pixel Data is truncated: {actual} bytes where Rows x Columns x frames needs {expected}"
+    if pixel_data_length < expected:
+        return f"Pixel Data is truncated: {pixel_data_length} bytes where Rows x Columns x frames needs {expected}"
     return None
 
 
@@ -95,11 +74,14 @@ class Examined:
     pixel_problem: str | None
 
 
-def examine(encoded: bytes) -> Examined:
-    """Parse the filed attributes and check them; raises for a data set that cannot be filed
+def examine(received: ReceivedFile) -> Examined:
+    """Read the filed attributes and check them; raises for a data set that cannot be filed
     (:class:`HeaderError`, or any error of decoding the peer's bytes)."""
-    dataset = parse_filed_attributes(encoded)
-    return Examined(read_header(dataset), pixel_data_problem(dataset))
+    elements = read_elements(received.data_set(), received.transfer_syntax, WANTED_TAGS | {PIXEL_DATA})
+    attributes = FiledAttributes(elements)
+    pixel_data = elements.get(PIXEL_DATA)
+    pixel_data_length = None if pixel_data is None else 0 if pixel_data.length == UNDEFINED_LENGTH else pixel_data.length
+    return Examined(read_header(attributes), pixel_data_problem(attributes, received.transfer_syntax, pixel_data_length))
 
 
 class StoreReceiver:
@@ -118,18 +100,18 @@ class StoreReceiver:
         self._examiners = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="examine")
         self._filer = Filer(spool, index)
 
-    def receive(self, encoded: bytes, calling_ae: str) -> Status:
-        """Store one instance (``encoded`` is the whole DICOM file) and return the status to answer.
+    def receive(self, received: ReceivedFile, calling_ae: str) -> Status:
+        """Store one instance and return the status to answer.
 
         Success is answered once the instance is durable, staged under a temporary name; the
         filer then moves it into the spool and the index (:meth:`settle` waits for that)."""
         try:
-            self.spool.ensure_room(len(encoded))
+            self.spool.ensure_room(received.size)
         except OutOfSpace as error:
             logger.error("refused an instance from %s: out of space (%s)", calling_ae, error)
             return Status.OUT_OF_RESOURCES
-        examining = self._examiners.submit(examine, encoded)
-        staged = self.spool.stage(encoded)  # the examiner runs meanwhile
+        examining = self._examiners.submit(examine, received)
+        staged = self.spool.stage(received.parts())  # the examiner runs meanwhile
         try:
             examined = examining.result()
         except HeaderError as error:
@@ -150,7 +132,7 @@ class StoreReceiver:
         for staged in leftovers:
             assert staged.path is not None
             try:
-                examined = examine(staged.path.read_bytes())
+                examined = examine(ReceivedFile.from_file(staged.path.read_bytes()))
             except Exception as error:
                 logger.warning("removed %s, staged by an earlier process: not an instance (%s)", staged.path.name, error)
                 self.spool.done(staged)

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification
 
 from dicomnode.net.association import AcceptorPolicy
 from dicomnode.net.dimse import Command
+from dicomnode.net.part10 import ReceivedFile
 from dicomnode.net.receiver import StoreReceiver
 from dicomnode.net.server import AssociationServer, listen
 from dicomnode.net.tls import server_context
@@ -71,10 +72,10 @@ def acceptor_policy(settings: NodeSettings) -> AcceptorPolicy:
     )
 
 
-def handle_store(receiver: StoreReceiver, encoded: bytes, command: Command, calling_ae: str) -> int:
-    """C-STORE: ``encoded`` is the instance as a DICOM file; written durably before success is answered."""
+def handle_store(receiver: StoreReceiver, received: ReceivedFile, command: Command, calling_ae: str) -> int:
+    """C-STORE: ``received`` is the instance as a DICOM file; written durably before success is answered."""
     try:
-        return receiver.receive(encoded, calling_ae)
+        return receiver.receive(received, calling_ae)
     except Exception:
         logger.exception("unexpected error storing an instance from %s", calling_ae)
         return Status.PROCESSING_FAILURE

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+
+
+class Attributes(Protocol):
+    """Attribute values by keyword, as pydicom gives them: a ``Dataset``, or the receiver's
+    few it reads (:class:`dicomnode.net.attributes.FiledAttributes`)."""
+
+    def get(self, keyword: str, default: Any = None) -> Any: ...
 
 
 class HeaderError(ValueError):
@@ -47,14 +54,14 @@ class InstanceHeader:
         return cls(**values)
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
+def _uid(ds: Attributes, keyword: str) -> str:
     value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
     if not value:
         raise HeaderError(f"{keyword} is missing or empty")
     return value
 
 
-def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+def _floats(ds: Attributes, keyword: str, count: int) -> tuple[float, ...] | None:
     value = ds.get(keyword)
     if value is None:
         return None
@@ -67,7 +74,7 @@ def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
     return numbers
 
 
-def _optional_number(ds: Dataset, keyword: str, kind: type) -> float | int | None:
+def _optional_number(ds: Attributes, keyword: str, kind: type) -> float | int | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
@@ -95,8 +102,8 @@ HEADER_KEYWORDS = (
 )
 
 
-def read_header(ds: Dataset) -> InstanceHeader:
-    """Extract the header of a dataset; raise :class:`HeaderError` when a UID is missing."""
+def read_header(ds: Attributes) -> InstanceHeader:
+    """Extract the header of a data set's attributes; raise :class:`HeaderError` when a UID is missing."""
     image_type = ds.get("ImageType") or ()
     if not isinstance(image_type, (MultiValue, list, tuple)):  # one value, or a number sent with another VR
         image_type = str(image_type).split("\\")

@@ -6,6 +6,7 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode.fileio import fsync_directory, make_directories, out_of_space, safe_name
@@ -65,12 +66,13 @@ class Spool:
         """How many temporary files are ready for :meth:`stage` (made ahead of need)."""
         return self._staging.ready
 
-    def stage(self, encoded: bytes) -> StagedFile:
-        """Write one encoded DICOM file durably to a temporary file (see :meth:`ensure_room`).
+    def stage(self, parts: Sequence[bytes | memoryview]) -> StagedFile:
+        """Write one encoded DICOM file, given as its parts in order, durably to a temporary
+        file (see :meth:`ensure_room`).
 
         Never raises for a full disk or a failed write: :meth:`staging_failure` says why, so
         that a data set that cannot be understood is refused as such whatever the disk's state."""
-        return self._staging.write(encoded)
+        return self._staging.write(parts)
 
     def staging_failure(self, staged: StagedFile) -> OSError | None:
         """Why ``staged`` could not be written (an :class:`OutOfSpace` for a full disk), or None."""

@@ -16,6 +16,7 @@ from dicomnode.db import Database
 from dicomnode.doorbell import Doorbell
 from dicomnode.jobs import JobQueue
 from dicomnode.layout import StateLayout
+from dicomnode.net.part10 import ReceivedFile
 from dicomnode.net.receiver import StoreReceiver
 from dicomnode.settings import Settings
 from dicomnode.spool import InstanceIndex, Spool
@@ -46,7 +47,7 @@ class Pipeline:
         for ds in series.datasets()[only]:
             buffer = io.BytesIO()
             pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-            assert self.receiver.receive(buffer.getvalue(), "TEST") == Status.SUCCESS
+            assert self.receiver.receive(ReceivedFile.from_file(buffer.getvalue()), "TEST") == Status.SUCCESS
             self.clock.now += 0.01
         self.receiver.settle()
 
@@ -182,7 +183,7 @@ def test_the_assembler_submits_when_the_quiet_period_ends_and_rings_the_worker(t
     for ds in PhantomSeries().datasets():
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        assert receiver.receive(buffer.getvalue(), "TEST") == Status.SUCCESS
+        assert receiver.receive(ReceivedFile.from_file(buffer.getvalue()), "TEST") == Status.SUCCESS
     receiver.settle()
     assert index.earliest_pending_arrival() is not None
     stop = threading.Event()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from pynetdicom.pdu_primitives import (
 )
 
 from dicomnode.net.part10 import IMPLEMENTATION_CLASS_UID
+from dicomnode.net.pdu import PduReader, PeerClosed
 from dicomnode.net.server import AssociationServer
 from dicomnode.status import Status
 from peers import storescu, wait_until
@@ -179,3 +181,22 @@ def test_extended_negotiation_proposals_are_tolerated(node: tuple[RunningReceive
     finally:
         association.release()
     assert running.indexed() == 1
+
+
+def test_pdus_read_several_at_a_time_keep_their_bodies_whole() -> None:
+    """The reader takes what the kernel has: PDUs several to a receive, one larger than its
+    buffer, one across a buffer's end. Each body is as sent, and stays so after later reads
+    (a data set's fragments are kept until its last one arrives)."""
+    sizes = [10, 3000, PduReader.BUFFER_BYTES - 100, 50, PduReader.BUFFER_BYTES + 5000, 7]
+    bodies = [bytes([number]) * size for number, size in enumerate(sizes)]
+    sending, receiving = socket.socketpair()
+    sender = threading.Thread(target=lambda: (sending.sendall(b"".join(pdu(0x04, body) for body in bodies)), sending.close()))
+    sender.start()
+    reader = PduReader(receiving)
+    read = [reader.read(0) for _ in bodies]
+    sender.join()
+    assert [kind for kind, _ in read] == [0x04] * len(bodies)
+    assert [bytes(body) for _, body in read] == bodies
+    with pytest.raises(PeerClosed):
+        reader.read(0)
+    receiving.close()

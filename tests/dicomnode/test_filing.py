@@ -12,6 +12,7 @@ import pytest
 
 from dicomnode.db import Database
 from dicomnode.layout import StateLayout
+from dicomnode.net.part10 import ReceivedFile
 from dicomnode.net.receiver import StoreReceiver
 from dicomnode.settings import StorageSettings
 from dicomnode.spool import InstanceIndex, Spool
@@ -61,7 +62,7 @@ def test_an_acknowledged_instance_the_filer_cannot_move_is_filed_at_the_next_sta
     blocker.write_bytes(b"")
     receiver = state.receiver()
     with caplog.at_level(logging.ERROR):
-        assert receiver.receive(data, "TEST") == Status.SUCCESS
+        assert receiver.receive(ReceivedFile.from_file(data), "TEST") == Status.SUCCESS
         receiver.settle()
     receiver.close()
     assert "was acknowledged but could not be filed" in caplog.text
@@ -82,7 +83,7 @@ def test_an_acknowledged_instance_the_filer_cannot_move_is_filed_at_the_next_sta
 def test_the_next_start_removes_staged_files_it_would_not_have_kept(state: State, caplog) -> None:  # type: ignore[no-untyped-def]
     first, second = (encoded(ds) for ds in PhantomSeries(slices=2, rows=16, columns=16).datasets())
     receiver = state.receiver()
-    assert receiver.receive(first, "TEST") == Status.SUCCESS
+    assert receiver.receive(ReceivedFile.from_file(first), "TEST") == Status.SUCCESS
     receiver.close()
     state.leave_staged("0", first)  # filed already: a resend the stop cut off
     state.leave_staged("1", second[: len(second) // 2])  # cut short by the stop: never acknowledged

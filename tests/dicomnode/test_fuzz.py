@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -61,24 +61,13 @@ from dicomnode.spool import InstanceHeader, read_header
 from dicomnode.status import Status
 from dicomnode.volume import VolumeError, build_volume
 from factories import TEST_UID_ROOT, PhantomSeries
-from figures import record_figures, soak_factor
+from figures import fuzz_settings, record_figures
 from peers import echo_ok, wait_until
 from raw_pdus import associate_rq, pdu
 from receivers import RunningReceiver, start_in_process
 
 # Malformed values are the point: pydicom warns about each one, numpy about NaN and overflow.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom", "ignore::RuntimeWarning")
-
-
-def fuzz_settings(examples: int) -> settings:
-    """The same cases every run, none stored, CI-sized (a soak run multiplies them)."""
-    return settings(
-        database=None,
-        deadline=None,
-        derandomize=True,
-        max_examples=examples * soak_factor(),
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-    )
 
 
 def reason_kind(message: str) -> str:

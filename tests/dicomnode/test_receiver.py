@@ -16,7 +16,8 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from pynetdicom import AE, _config
 
 from conftest import SHARED_DATA, require_path
-from dicomnode.net.receiver import parse_filed_attributes, pixel_data_problem
+from dicomnode.net.part10 import ReceivedFile
+from dicomnode.net.receiver import examine, pixel_data_problem
 from dicomnode.settings import CT_IMAGE_STORAGE, StorageSettings
 from dicomnode.spool import read_header
 from dicomnode.status import Status
@@ -232,16 +233,17 @@ def test_associations_beyond_the_limit_are_rejected(tmp_path: Path, phantom_dir:
 
 
 def test_the_attributes_parsed_on_arrival_are_all_the_receiver_reads() -> None:
-    """The handler parses only ``FILED_TAGS``: the header and the pixel check it files by must
-    come out as they do from the whole data set (a keyword read but not listed would be None)."""
+    """The handler reads only ``FILED_KEYWORDS``: the header and the pixel check it files by
+    must come out as they do from the whole data set (a keyword read but not listed would be None)."""
     whole, truncated = PhantomSeries(slices=2).datasets()
     truncated.PixelData = truncated.PixelData[:1000]
     truncated.SamplesPerPixel, truncated.NumberOfFrames = 1, 1
+    problems = []
     for dataset in (whole, truncated):
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-        encoded = buffer.getvalue()
-        full, parsed = pydicom.dcmread(io.BytesIO(encoded)), parse_filed_attributes(encoded)
-        assert read_header(parsed) == read_header(full)
-        assert pixel_data_problem(parsed) == pixel_data_problem(full)
-    assert pixel_data_problem(parse_filed_attributes(encoded)) is not None  # the truncated one is caught
+        full, examined = pydicom.dcmread(io.BytesIO(buffer.getvalue())), examine(ReceivedFile.from_file(buffer.getvalue()))
+        assert examined.header == read_header(full)
+        assert examined.pixel_problem == pixel_data_problem(full, full.file_meta.TransferSyntaxUID, len(full.PixelData))
+        problems.append(examined.pixel_problem)
+    assert problems[0] is None and problems[1] is not None  # the truncated one is caught

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from dicomnode.layout import StateLayout
 from dicomnode.spool import OutOfSpace, Spool, read_header
-from dicomnode.spool.staging import AHEAD, AHEAD_PREFIX, StagedFile
+from dicomnode.spool.staging import AHEAD, AHEAD_PREFIX, StagedFile, write_all
 from factories import PhantomSeries
 from peers import wait_until
 from receivers import leftover_temporaries
@@ -45,7 +46,7 @@ def wait_for_files_made_ahead(spool: Spool) -> None:
 
 def test_a_kept_instance_is_in_its_place_and_nothing_is_left_over(spool: Spool) -> None:
     data, header = encoded_slice()
-    staged = spool.stage(data)
+    staged = spool.stage([data])
     assert staged.error is None and staged.path is not None and staged.path.read_bytes() == data
     relative, size = spool.keep(staged, header)
     spool.done(staged)
@@ -57,10 +58,10 @@ def test_a_kept_instance_is_in_its_place_and_nothing_is_left_over(spool: Spool) 
 
 def test_files_made_ahead_are_used_and_replaced(spool: Spool) -> None:
     data, header = encoded_slice()
-    spool.done(spool.stage(data))  # the first write makes its own file, and asks for more
+    spool.done(spool.stage([data]))  # the first write makes its own file, and asks for more
     wait_for_files_made_ahead(spool)
     ready = set(ahead_files(spool))
-    staged = spool.stage(data)
+    staged = spool.stage([data])
     used = staged.path
     assert used in ready  # written into one made ahead
     spool.done(staged)
@@ -70,7 +71,7 @@ def test_files_made_ahead_are_used_and_replaced(spool: Spool) -> None:
 
 def test_a_staged_instance_not_kept_is_removed(spool: Spool) -> None:
     data, _ = encoded_slice()
-    staged = spool.stage(data)
+    staged = spool.stage([data])
     path = staged.path
     spool.done(staged)
     assert path is not None and not path.exists() and leftover_temporaries(spool.layout) == []
@@ -82,7 +83,7 @@ def test_closing_removes_the_files_made_ahead_and_stops_their_thread(tmp_path: P
     layout.create()
     spool = Spool(layout, min_free_bytes=0)
     data, _ = encoded_slice()
-    spool.done(spool.stage(data))
+    spool.done(spool.stage([data]))
     wait_for_files_made_ahead(spool)
     spool.close()
     assert ahead_files(spool) == []
@@ -91,7 +92,7 @@ def test_closing_removes_the_files_made_ahead_and_stops_their_thread(tmp_path: P
 
 def test_a_failed_staging_says_why_and_a_full_disk_is_out_of_space(spool: Spool) -> None:
     data, _ = encoded_slice()
-    assert spool.staging_failure(spool.stage(data)) is None
+    assert spool.staging_failure(spool.stage([data])) is None
     full = StagedFile(None, 0, OSError(errno.ENOSPC, "No space left on device"))
     assert isinstance(spool.staging_failure(full), OutOfSpace)
     broken = StagedFile(None, 0, OSError(errno.EIO, "Input/output error"))
@@ -117,3 +118,40 @@ def test_start_up_clears_temporaries_but_keeps_staged_instances(spool: Spool) ->
     assert spool.clear_temporaries() == 1
     assert list(spool.layout.temp.iterdir()) == [staged]
     assert spool.staged_leftovers() == [StagedFile(staged, len(b"an instance"))]
+
+
+def test_an_instance_in_many_fragments_is_written_whole(tmp_path: Path) -> None:
+    """More fragments than one ``writev`` takes (a data set sent in small PDUs) are written in
+    order, and a write the kernel cuts short goes on where it stopped."""
+    parts = [bytes([number % 251]) * (1 + number % 7) for number in range(3000)]
+    path = tmp_path / "instance"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        assert write_all(descriptor, parts) == sum(map(len, parts))
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes() == b"".join(parts)
+
+
+
+def test_a_write_cut_short_goes_on_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may write less than asked (a signal, a file size limit); this one writes
+    at most 70 kB a call, so the cuts fall inside fragments and between them."""
+    real_writev = os.writev
+
+    def short_writev(descriptor: int, buffers: list[memoryview]) -> int:
+        allowed, cut = 70_000, []
+        for buffer in buffers:
+            cut.append(buffer[:allowed])
+            allowed -= len(cut[-1])
+        return real_writev(descriptor, [buffer for buffer in cut if len(buffer)])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    parts = [os.urandom(100_000), b"", os.urandom(30_000), os.urandom(300_000)]
+    path = tmp_path / "instance"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        assert write_all(descriptor, parts) == 430_000
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes() == b"".join(parts)
