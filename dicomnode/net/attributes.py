@@ -31,6 +31,8 @@ from dicomnode.spool.header import HEADER_KEYWORDS
 PIXEL_DESCRIPTION_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "NumberOfFrames", "BitsAllocated")
 
 #: Every attribute the receiver reads of an instance (its header and its pixel description).
+#: Only these are read: a full parse of a scanner's slice (100-300 attributes) cost more than
+#: its durable write. The rest is kept as it was sent, for the volume builder to read.
 FILED_KEYWORDS = (*HEADER_KEYWORDS, *PIXEL_DESCRIPTION_KEYWORDS)
 
 SPECIFIC_CHARACTER_SET = tag_for_keyword("SpecificCharacterSet")

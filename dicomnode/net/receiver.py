@@ -36,12 +36,16 @@ from dicomnode.status import Status
 
 logger = logging.getLogger(__name__)
 
+#: What the walk hands over: the filed attributes, their character set, and Pixel Data (its length).
+WALKED_TAGS = WANTED_TAGS | {PIXEL_DATA}
+
 
 def pixel_data_problem(attributes: Attributes, transfer_syntax: str, pixel_data_length: int | None) -> str | None:
     """Why an image's pixel data cannot be right, judged from lengths alone (no decoding).
 
-    ``pixel_data_length`` is the length of Pixel Data's value (None: there is none); the
-    pixel description is read from ``attributes`` (see :data:`dicomnode.net.attributes.PIXEL_DESCRIPTION_KEYWORDS`)."""
+    ``pixel_data_length`` is the length of Pixel Data's value (None: there is none); the pixel
+    description is read from ``attributes``
+    (:data:`dicomnode.net.attributes.PIXEL_DESCRIPTION_KEYWORDS`)."""
     if pixel_data_length is None:
         return "the image has no Pixel Data"
     if UID(transfer_syntax or ImplicitVRLittleEndian).is_compressed:
@@ -77,7 +81,7 @@ class Examined:
 def examine(received: ReceivedFile) -> Examined:
     """Read the filed attributes and check them; raises for a data set that cannot be filed
     (:class:`HeaderError`, or any error of decoding the peer's bytes)."""
-    elements = read_elements(received.data_set(), received.transfer_syntax, WANTED_TAGS | {PIXEL_DATA})
+    elements = read_elements(received.data_set(), received.transfer_syntax, WALKED_TAGS)
     attributes = FiledAttributes(elements)
     pixel_data = elements.get(PIXEL_DATA)
     pixel_data_length = None if pixel_data is None else 0 if pixel_data.length == UNDEFINED_LENGTH else pixel_data.length

@@ -27,10 +27,10 @@ from pydicom.uid import (
 )
 
 from conftest import SHARED_DATA, require_path
-from dicomnode.net.attributes import FILED_KEYWORDS, WANTED_TAGS, FiledAttributes
+from dicomnode.net.attributes import FILED_KEYWORDS, FiledAttributes
 from dicomnode.net.elements import MAX_DEPTH, PIXEL_DATA, ElementError, data_set_start, read_elements
 from dicomnode.net.part10 import ReceivedFile, file_prefix
-from dicomnode.net.receiver import examine, pixel_data_problem
+from dicomnode.net.receiver import WALKED_TAGS, examine, pixel_data_problem
 from dicomnode.spool import HeaderError, read_header
 from factories import PhantomSeries
 from figures import fuzz_settings
@@ -68,7 +68,7 @@ def as_the_receiver_reads_it(data: bytes) -> tuple[object, str | None]:
 def walk(data: bytes) -> dict[int, object]:
     """The elements the receiver's walk hands over of a whole file."""
     transfer_syntax, start = data_set_start(data)
-    return read_elements(memoryview(data)[start:], transfer_syntax, WANTED_TAGS | {PIXEL_DATA})
+    return read_elements(memoryview(data)[start:], transfer_syntax, WALKED_TAGS)
 
 
 def slice_dataset(**changes: object) -> Dataset:
