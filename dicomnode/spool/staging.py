@@ -126,30 +126,31 @@ class Staging:
             ready = self._ready.popleft() if self._ready else None
         if ready is not None:
             return ready
-        made = self._create()  # none ready: made now, and its name made durable before use
+        (made,) = self._make(1)  # none ready: made now
+        return made
+
+    def _make(self, count: int) -> list[tuple[Path, int]]:
+        """``count`` new empty files, open, their names durable (one directory fsync for all);
+        raises the OSError of a failure, and leaves none of them behind then."""
+        made: list[tuple[Path, int]] = []
         try:
-            fsync_directory(self.directory)
+            for _ in range(count):
+                path = self.directory / f"{AHEAD_PREFIX}{os.getpid()}-{self._token}-{next(self._names)}.tmp"
+                made.append((path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, PRIVATE_FILE_MODE)))
+            if made:
+                fsync_directory(self.directory)
         except OSError:
-            _discard([made])
+            _discard(made)
             raise
         return made
 
-    def _create(self) -> tuple[Path, int]:
-        path = self.directory / f"{AHEAD_PREFIX}{os.getpid()}-{self._token}-{next(self._names)}.tmp"
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DSYNC, PRIVATE_FILE_MODE)
-
     def _make_ahead(self) -> None:
-        made: list[tuple[Path, int]] = []
         with self._lock:
             wanted = self.ahead - len(self._ready)
         try:
-            for _ in range(wanted):
-                made.append(self._create())
-            if made:
-                fsync_directory(self.directory)  # their names are durable before they are used
+            made = self._make(wanted)
         except OSError as error:  # a write makes its own file (and reports the error) meanwhile
             logger.debug("could not make a temporary file ahead: %s", error)
-            _discard(made)
             return
         with self._lock:
             self._ready.extend(made)
