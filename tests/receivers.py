@@ -14,7 +14,6 @@ from typing import Any
 
 import pydicom
 
-
 from conftest import free_port
 from dicomnode.db import Database
 from dicomnode.layout import StateLayout
@@ -74,14 +73,24 @@ def start_in_process(tmp_path: Path, min_free_mb: int = 0, **node: Any) -> tuple
     return RunningReceiver(settings, layout, spool, index, receiver), server
 
 
+def file_bytes(dataset: pydicom.Dataset) -> bytes:
+    """``dataset`` as a DICOM file (preamble, file meta, data set), as a peer would send it."""
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def as_received(dataset: pydicom.Dataset) -> ReceivedFile:
+    """``dataset`` as the acceptor hands it to the receiver (a file in one fragment)."""
+    return ReceivedFile.from_file(file_bytes(dataset))
+
+
 def store_series(spool: Spool, index: InstanceIndex, series: PhantomSeries, calling_ae: str = "TEST") -> None:
     """Hand every slice of ``series`` to the receiver as the C-STORE handler does (the encoded
     file), without a network in between; each must be stored."""
     receiver = StoreReceiver(spool, index, StorageSettings().keep_sop_classes)
     try:
         for dataset in series.datasets():
-            buffer = io.BytesIO()
-            pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-            assert receiver.receive(ReceivedFile.from_file(buffer.getvalue()), calling_ae) == Status.SUCCESS
+            assert receiver.receive(as_received(dataset), calling_ae) == Status.SUCCESS
     finally:
         receiver.close()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import threading
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from dicomnode.assembly import Assembler
@@ -16,12 +14,12 @@ from dicomnode.db import Database
 from dicomnode.doorbell import Doorbell
 from dicomnode.jobs import JobQueue
 from dicomnode.layout import StateLayout
-from dicomnode.net.part10 import ReceivedFile
 from dicomnode.net.receiver import StoreReceiver
 from dicomnode.settings import Settings
 from dicomnode.spool import InstanceIndex, Spool
 from dicomnode.status import Status
 from factories import PhantomSeries
+from receivers import as_received
 
 QUIET = 10.0
 
@@ -45,9 +43,7 @@ class Pipeline:
 
     def receive(self, series: PhantomSeries, only: slice = slice(None)) -> None:
         for ds in series.datasets()[only]:
-            buffer = io.BytesIO()
-            pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-            assert self.receiver.receive(ReceivedFile.from_file(buffer.getvalue()), "TEST") == Status.SUCCESS
+            assert self.receiver.receive(as_received(ds), "TEST") == Status.SUCCESS
             self.clock.now += 0.01
         self.receiver.settle()
 
@@ -181,9 +177,7 @@ def test_the_assembler_submits_when_the_quiet_period_ends_and_rings_the_worker(t
     spool, index, queue = Spool(layout, 0), InstanceIndex(db), JobQueue(db)
     receiver = StoreReceiver(spool, index, settings.storage.keep_sop_classes)
     for ds in PhantomSeries().datasets():
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        assert receiver.receive(ReceivedFile.from_file(buffer.getvalue()), "TEST") == Status.SUCCESS
+        assert receiver.receive(as_received(ds), "TEST") == Status.SUCCESS
     receiver.settle()
     assert index.earliest_pending_arrival() is not None
     stop = threading.Event()

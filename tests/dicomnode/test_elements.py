@@ -34,6 +34,7 @@ from dicomnode.net.receiver import WALKED_TAGS, examine, pixel_data_problem
 from dicomnode.spool import HeaderError, read_header
 from factories import PhantomSeries
 from figures import fuzz_settings
+from receivers import file_bytes
 
 #: Slices of each real series compared (their headers differ in positions and UIDs only).
 SLICES_PER_SERIES = 5
@@ -42,9 +43,7 @@ SLICES_PER_SERIES = 5
 def encoded(dataset: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
     """``dataset`` as a DICOM file in ``transfer_syntax`` (as the acceptor keeps it)."""
     dataset.file_meta.TransferSyntaxUID = transfer_syntax
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
+    return file_bytes(dataset)
 
 
 def as_pydicom_reads_it(data: bytes) -> tuple[object, str | None]:

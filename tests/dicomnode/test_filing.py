@@ -19,7 +19,7 @@ from dicomnode.spool import InstanceIndex, Spool
 from dicomnode.spool.staging import AHEAD_PREFIX
 from dicomnode.status import Status
 from factories import PhantomSeries
-from receivers import leftover_temporaries
+from receivers import file_bytes, leftover_temporaries
 
 
 class State:
@@ -49,15 +49,9 @@ def state(tmp_path: Path) -> State:
     return State(tmp_path / "state")
 
 
-def encoded(dataset: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def test_an_acknowledged_instance_the_filer_cannot_move_is_filed_at_the_next_start(state: State, caplog) -> None:  # type: ignore[no-untyped-def]
     dataset = PhantomSeries(slices=1, rows=16, columns=16).datasets()[0]
-    data = encoded(dataset)
+    data = file_bytes(dataset)
     blocker = state.layout.spool / dataset.StudyInstanceUID  # a file where its study's folder goes
     blocker.write_bytes(b"")
     receiver = state.receiver()
@@ -81,7 +75,7 @@ def test_an_acknowledged_instance_the_filer_cannot_move_is_filed_at_the_next_sta
 
 
 def test_the_next_start_removes_staged_files_it_would_not_have_kept(state: State, caplog) -> None:  # type: ignore[no-untyped-def]
-    first, second = (encoded(ds) for ds in PhantomSeries(slices=2, rows=16, columns=16).datasets())
+    first, second = (file_bytes(ds) for ds in PhantomSeries(slices=2, rows=16, columns=16).datasets())
     receiver = state.receiver()
     assert receiver.receive(ReceivedFile.from_file(first), "TEST") == Status.SUCCESS
     receiver.close()

@@ -23,7 +23,7 @@ from dicomnode.spool import read_header
 from dicomnode.status import Status
 from factories import PhantomSeries
 from peers import storescu, wait_until
-from receivers import RunningReceiver
+from receivers import RunningReceiver, file_bytes
 from receivers import start_in_process as _start
 
 
@@ -240,9 +240,8 @@ def test_the_attributes_parsed_on_arrival_are_all_the_receiver_reads() -> None:
     truncated.SamplesPerPixel, truncated.NumberOfFrames = 1, 1
     problems = []
     for dataset in (whole, truncated):
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-        full, examined = pydicom.dcmread(io.BytesIO(buffer.getvalue())), examine(ReceivedFile.from_file(buffer.getvalue()))
+        data = file_bytes(dataset)
+        full, examined = pydicom.dcmread(io.BytesIO(data)), examine(ReceivedFile.from_file(data))
         assert examined.header == read_header(full)
         assert examined.pixel_problem == pixel_data_problem(full, full.file_meta.TransferSyntaxUID, len(full.PixelData))
         problems.append(examined.pixel_problem)

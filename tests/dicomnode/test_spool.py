@@ -120,18 +120,21 @@ def test_start_up_clears_temporaries_but_keeps_staged_instances(spool: Spool) ->
     assert spool.staged_leftovers() == [StagedFile(staged, len(b"an instance"))]
 
 
-def test_an_instance_in_many_fragments_is_written_whole(tmp_path: Path) -> None:
-    """More fragments than one ``writev`` takes (a data set sent in small PDUs) are written in
-    order, and a write the kernel cuts short goes on where it stopped."""
-    parts = [bytes([number % 251]) * (1 + number % 7) for number in range(3000)]
-    path = tmp_path / "instance"
+def written_with_write_all(path: Path, parts: list[bytes]) -> bytes:
+    """What ``write_all`` puts in a new file at ``path`` (after checking the count it returns)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
         assert write_all(descriptor, parts) == sum(map(len, parts))
     finally:
         os.close(descriptor)
-    assert path.read_bytes() == b"".join(parts)
+    return path.read_bytes()
 
+
+def test_an_instance_in_many_fragments_is_written_whole(tmp_path: Path) -> None:
+    """More fragments than one ``writev`` takes (a data set sent in small PDUs) are written in
+    order."""
+    parts = [bytes([number % 251]) * (1 + number % 7) for number in range(3000)]
+    assert written_with_write_all(tmp_path / "instance", parts) == b"".join(parts)
 
 
 def test_a_write_cut_short_goes_on_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,10 +151,4 @@ def test_a_write_cut_short_goes_on_where_it_stopped(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(os, "writev", short_writev)
     parts = [os.urandom(100_000), b"", os.urandom(30_000), os.urandom(300_000)]
-    path = tmp_path / "instance"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        assert write_all(descriptor, parts) == 430_000
-    finally:
-        os.close(descriptor)
-    assert path.read_bytes() == b"".join(parts)
+    assert written_with_write_all(tmp_path / "instance", parts) == b"".join(parts)
