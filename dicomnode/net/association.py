@@ -3,9 +3,9 @@
 The node's own acceptor, in place of pynetdicom's: per C-STORE, pynetdicom's threads polled
 queues and sockets with sleeps and decoded every command and data set through its event
 machinery, so a 512x512 slice cost ~9 ms of which the node's own work was ~3. Here the
-connection's thread reads PDUs with as few blocking calls as it can, keeps a data set's fragments as they
-arrived (no copy: the durable write takes them as they are), and answers from the same thread:
-nothing waits on a timer.
+connection's thread reads PDUs with as few blocking calls as it can, keeps a data set's
+fragments as they arrived (no copy: the durable write takes them as they are), and answers from
+the same thread: nothing waits on a timer.
 
 Every outcome is defined: a negotiation that fails gets its A-ASSOCIATE-RJ, a PDU that breaks
 PS3.8 an A-ABORT, a peer silent for the network timeout an A-ABORT and a closed connection,

@@ -4,9 +4,8 @@ The receiver answers success once an instance is staged: its bytes and its tempo
 on disk (:mod:`dicomnode.spool.staging`). Moving it to ``spool/<study>/<series>/`` (a rename,
 :meth:`Spool.keep` says why without a directory fsync) and writing its index row take
 0.24-0.29 ms; done here, they run while the connection reads the peer's next instance instead
-of before each answer. Done on the
-connection's own thread after its answer, they still delayed the next instance: the peer
-streams into socket buffers that only that thread empties.
+of before each answer. Done on the connection's own thread after its answer, they still delayed
+the next instance: the peer streams into socket buffers that only that thread empties.
 
 One thread, in the order the instances were acknowledged (on every association): a resend of
 an instance finds its first copy's row, and a series' rows arrive in order. Nothing here
