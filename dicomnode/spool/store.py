@@ -86,9 +86,12 @@ class Spool:
         and size.
 
         The directory is not fsynced: the staged file is durable under its temporary name, and
-        the rename is atomic, so after a power cut the file is in one place or the other, and a
-        start-up files whatever is still staged (a job that had run may run again, as when the
-        last index rows are lost). The next synchronous write usually commits the rename anyway.
+        on a journaled file system the rename is atomic on disk too, so after a power cut the
+        file is in one place or the other, and a start-up files whatever is still staged (a job
+        that had run may run again, as when the last index rows are lost). Without a journal
+        (ext4 made so, as on the machines measured in docs/SPEED.md) nothing orders the two
+        directories' writes: a power cut may leave the file in neither, for fsck to find; this
+        is not handled yet.
 
         Only for a file that was written (the receiver refuses the others on
         :meth:`staging_failure`); raises the OSError of a failed move (:meth:`done` then removes
